@@ -1,0 +1,1 @@
+"""Faithfulness benchmark: synthetic data with ground-truth masks, small timm models, training."""

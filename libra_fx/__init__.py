@@ -1,0 +1,22 @@
+"""libra_fx: LibraGrad as a compiler pass — balanced, FullGrad-complete gradients for any model.
+
+``libra_fx.transform(model)`` traces the model with torch.fx, finds the ops whose gradients break
+completeness (softmax attention, normalisation, gated activations, self-gating products, divisions
+by input-dependent values), rewrites their backward with ``const``/``swap_backward`` and returns a
+module with bit-identical forward values.
+"""
+from . import analysis, bias, functional, ops
+from .analysis import analyse
+from .audit import AuditReport, audit
+from .completeness import completeness_error, fullgrad_terms, target_score
+from .errors import LibraError, TraceError, UnbalancedError
+from .ops import const, scale_grad, swap_backward
+from .tracing import trace
+from .transform import is_transformed, transform
+
+__all__ = [
+    "transform", "trace", "audit", "AuditReport", "analyse", "completeness_error", "fullgrad_terms", "target_score",
+    "const", "swap_backward", "scale_grad", "is_transformed", "LibraError", "TraceError",
+    "UnbalancedError", "ops", "functional", "analysis", "bias",
+]
+__version__ = "0.1.0"

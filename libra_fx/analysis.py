@@ -1,0 +1,307 @@
+"""Dataflow analysis over a traced graph (spec §4): which values carry gradient from the attributed
+inputs to the output, and whether each such op is balanced (FullGrad-complete).
+
+Three facts per node:
+
+* **live** — depends on an attributed input through gradient-carrying edges (parameters, buffers,
+  position tables and masks do not; neither does anything behind ``const``);
+* **relevant** — live *and* the output depends on it through gradient-carrying edges: only these
+  ops shape the attribution, so only these need balancing (q·kᵀ behind a detached softmax does not);
+* **verdict** — for relevant ops: balanced or not, and why.
+
+The graph of gradient-carrying edges is a ``networkx.DiGraph``; liveness is reachability in it.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Iterable, Optional
+
+import networkx as nx
+import torch.fx as fx
+
+from .opset import ELEMENTWISE, Kind, arg, op_kind, op_name
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The analysis' answer for one node."""
+
+    balanced: bool
+    reason: str = ""
+
+
+@dataclass
+class Facts:
+    """Analysis results for one GraphModule; recompute after each rewrite pass."""
+
+    gm: fx.GraphModule
+    names: dict[fx.Node, str]
+    flow: nx.DiGraph
+    live: set[fx.Node]
+    sink: set[fx.Node]
+    verdicts: dict[fx.Node, Verdict] = field(default_factory=dict)
+
+    def name(self, node) -> str:
+        return self.names.get(node, "") if isinstance(node, fx.Node) else ""
+
+    def is_live(self, value) -> bool:
+        return isinstance(value, fx.Node) and value in self.live
+
+    def is_relevant(self, value) -> bool:
+        return isinstance(value, fx.Node) and value in self.live and value in self.sink
+
+    @property
+    def relevant(self) -> list[fx.Node]:
+        return [n for n in self.gm.graph.nodes if n in self.live and n in self.sink]
+
+    def kind(self, node: fx.Node) -> Optional[Kind]:
+        return op_kind(self.names[node])
+
+    def grad_users(self, node: fx.Node) -> list[fx.Node]:
+        """Users that receive gradient from ``node`` and pass it on to the output."""
+        return [u for u in self.flow.successors(node) if u in self.sink]
+
+
+#: Libra ops whose gradient flows through one argument only (the others give the value).
+GRADIENT_ARG = {"swap_backward": 1, "balanced_activation": 0, "linearized": 1}
+
+
+def _blocks_gradient(node: fx.Node, name: str, source: fx.Node) -> bool:
+    kind = op_kind(name)
+    if kind in (Kind.NO_GRAD, Kind.CONST):
+        return True
+    if name in GRADIENT_ARG:
+        position = GRADIENT_ARG[name]
+        return len(node.args) <= position or source is not node.args[position]
+    if name == "getitem":
+        return source is not node.args[0]
+    return False
+
+
+def _flow_graph(gm: fx.GraphModule, names: dict[fx.Node, str]) -> nx.DiGraph:
+    flow = nx.DiGraph()
+    flow.add_nodes_from(gm.graph.nodes)
+    for node in gm.graph.nodes:
+        for source in node.all_input_nodes:
+            if not _blocks_gradient(node, names[node], source):
+                flow.add_edge(source, node)
+    return flow
+
+
+def attributed_inputs(gm: fx.GraphModule, names: Optional[Iterable[str]] = None) -> list[fx.Node]:
+    """Placeholders that are attributed: the named ones, or every placeholder by default."""
+    placeholders = [n for n in gm.graph.nodes if n.op == "placeholder"]
+    if names is None:
+        return placeholders
+    wanted = set(names)
+    return [n for n in placeholders if n.target in wanted or n.name in wanted]
+
+
+def analyse(gm: fx.GraphModule, inputs: Optional[Iterable[str]] = None) -> Facts:
+    """Run the dataflow analysis on ``gm``.
+
+    Args:
+        gm: a GraphModule (from :func:`libra_fx.trace` or already rewritten).
+        inputs: names of the attributed placeholders; all placeholders when ``None``.
+
+    Returns:
+        :class:`Facts` with liveness, relevance and a :class:`Verdict` for every relevant node.
+
+    Example:
+        >>> import torch
+        >>> gm = torch.fx.symbolic_trace(lambda x: torch.exp(x) + 1)
+        >>> facts = analyse(gm); [(n.name, v.balanced) for n, v in facts.verdicts.items()]
+        [('exp', False), ('add', True)]
+    """
+    names = {node: op_name(node, gm) for node in gm.graph.nodes}
+    flow = _flow_graph(gm, names)
+    live: set[fx.Node] = set()
+    for source in attributed_inputs(gm, inputs):
+        live |= {source} | nx.descendants(flow, source)
+    output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
+    sink = {output} | nx.ancestors(flow, output)
+    facts = Facts(gm, names, flow, live, sink)
+    for node in facts.relevant:
+        if node.op not in ("placeholder", "output"):
+            facts.verdicts[node] = judge(facts, node)
+    return facts
+
+
+# ----------------------------------------------------------------------------------------------
+# products
+
+
+def is_product(facts: Facts, node: fx.Node) -> bool:
+    """A product of two or more input-dependent tensors (mul, matmul, einsum, linear with live W)."""
+    kind = facts.kind(node)
+    if kind is Kind.BILINEAR:
+        return sum(facts.is_live(a) for a in node.all_input_nodes) >= 2 or _squares(node, facts)
+    if facts.name(node) in ("linear", "conv") and node.op == "call_function":
+        return facts.is_live(arg(node, "input")) and facts.is_live(arg(node, "weight"))
+    return False
+
+
+def _squares(node: fx.Node, facts: Facts) -> bool:
+    live = [a for a in node.args if facts.is_live(a)]
+    return len(live) == 2 and live[0] is live[1]
+
+
+def _factor_args(node: fx.Node, facts: Facts) -> list[fx.Node]:
+    if facts.name(node) == "einsum":
+        operands = node.args[1:] if len(node.args) > 2 else node.args[1]
+        return [a for a in operands if facts.is_live(a)]
+    return [a for a in node.args[:2] if facts.is_live(a)] if node.op != "call_module" else []
+
+
+def _absorbed(facts: Facts, node: fx.Node) -> Optional[fx.Node]:
+    """The product that ``node`` is an interior factor of, if its only gradient user is one."""
+    users = facts.grad_users(node)
+    if is_product(facts, node) and len(users) == 1 and is_product(facts, users[0]):
+        return users[0]
+    return None
+
+
+def product_root(facts: Facts, node: fx.Node) -> fx.Node:
+    """The outermost product of the product tree ``node`` belongs to."""
+    while (outer := _absorbed(facts, node)) is not None:
+        node = outer
+    return node
+
+
+def product_leaves(facts: Facts, root: fx.Node) -> list[fx.Node]:
+    """The k factors of a product tree (a factor used twice counts twice: x·x has k = 2)."""
+    leaves = []
+    for factor in _factor_args(root, facts):
+        interior = is_product(facts, factor) and _absorbed(facts, factor) is root
+        leaves.extend(product_leaves(facts, factor) if interior else [factor])
+    return leaves
+
+
+def _scaled(facts: Facts, root: fx.Node) -> bool:
+    users = facts.grad_users(root)
+    if len(users) != 1 or facts.name(users[0]) != "scale_grad":
+        return False
+    scale = users[0].args[1] if len(users[0].args) > 1 else users[0].kwargs.get("scale")
+    k = len(product_leaves(facts, root))
+    return isinstance(scale, (int, float)) and abs(scale * k - 1.0) < 1e-9
+
+
+# ----------------------------------------------------------------------------------------------
+# verdicts
+
+_BALANCED = Verdict(True)
+
+
+def _judge_product(facts: Facts, node: fx.Node) -> Verdict:
+    root = product_root(facts, node)
+    if _scaled(facts, root):
+        return _BALANCED
+    k = len(product_leaves(facts, root))
+    return Verdict(False, f"product of {k} input-dependent factors without 1/{k} gradient scaling")
+
+
+def _judge_divide(facts: Facts, node: fx.Node) -> Verdict:
+    divisor = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+    if facts.is_live(divisor):
+        return Verdict(False, "division by an input-dependent value")
+    return _BALANCED
+
+
+def _judge_attention(facts: Facts, node: fx.Node) -> Verdict:
+    if facts.is_live(arg(node, "query")) or facts.is_live(arg(node, "key")):
+        return Verdict(False, "attention weights depend on the input (q or k carry gradient)")
+    return _BALANCED
+
+
+def _judge_nonlinear(facts: Facts, node: fx.Node) -> Verdict:
+    name = facts.name(node)
+    return Verdict(False, NONLINEAR_REASONS.get(name, f"{name} is not piecewise-linear"))
+
+
+def _judge_scale(facts: Facts, node: fx.Node) -> Verdict:
+    product = node.args[0]
+    if is_product(facts, product) and _scaled(facts, product_root(facts, product)):
+        return _BALANCED
+    return Verdict(False, "scale_grad on a value that is not a matching product")
+
+
+def _judge_affine(facts: Facts, node: fx.Node) -> Verdict:
+    if facts.name(node) == "batch_norm" and arg(node, "training") is True:
+        return Verdict(False, "batch_norm in training mode divides by batch statistics")
+    return _BALANCED
+
+
+NONLINEAR_REASONS = {
+    "softmax": "softmax of input-dependent scores",
+    "layer_norm": "layer_norm divides by an input-dependent std",
+    "group_norm": "group_norm divides by an input-dependent std",
+    "rms_norm": "rms_norm divides by an input-dependent rms",
+    "normalize": "normalize divides by an input-dependent norm",
+    "multihead_attention": "nn.MultiheadAttention: softmax attention weights carry gradient",
+}
+
+_JUDGES = {
+    Kind.BILINEAR: lambda f, n: _judge_product(f, n) if is_product(f, n) else _BALANCED,
+    Kind.DIVIDE: _judge_divide, Kind.ATTENTION: _judge_attention, Kind.NONLINEAR: _judge_nonlinear,
+    Kind.SCALE: _judge_scale, Kind.AFFINE: _judge_affine,
+}
+
+
+def judge(facts: Facts, node: fx.Node) -> Verdict:
+    """Whether one relevant node is locally FullGrad-complete, and why not."""
+    name = facts.name(node)
+    kind = op_kind(name)
+    if node.op == "get_attr":
+        return _BALANCED
+    if kind is None:
+        what = "opaque module" if name.startswith("module:") else "unknown op"
+        return Verdict(False, f"{what} {name}: the engine cannot tell whether it is balanced")
+    if name in ("linear", "conv") and is_product(facts, node):
+        return _judge_product(facts, node)
+    judge_kind = _JUDGES.get(kind)
+    return judge_kind(facts, node) if judge_kind else _BALANCED
+
+
+def unbalanced(facts: Facts) -> list[fx.Node]:
+    """Relevant nodes whose verdict is not balanced, in graph order."""
+    return [n for n, v in facts.verdicts.items() if not v.balanced]
+
+
+# ----------------------------------------------------------------------------------------------
+# helpers for passes
+
+
+def elementwise_of(facts: Facts, value: fx.Node, base: fx.Node, depth: int = 8) -> bool:
+    """Whether ``value`` is an elementwise function of ``base`` alone (with constants): gate(x)."""
+    if value is base:
+        return True
+    if depth == 0 or facts.name(value) not in ELEMENTWISE or not facts.is_live(value):
+        return False
+    live_inputs = [a for a in value.all_input_nodes if facts.is_live(a)]
+    return bool(live_inputs) and all(elementwise_of(facts, a, base, depth - 1) for a in live_inputs)
+
+
+def module_path(node: fx.Node) -> str:
+    """The qualified name of the innermost module ``node`` was traced in (``blocks.3.attn``)."""
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    key, value = list(stack.items())[-1]
+    path = value[0] if isinstance(value, tuple) else key
+    return path if isinstance(path, str) else str(key)
+
+
+def source_line(node: fx.Node) -> Optional[str]:
+    """``file:line`` of the model code that created ``node``, when the tracer recorded it."""
+    trace = node.meta.get("stack_trace") or ""
+    lines = [line.strip() for line in trace.splitlines()
+             if line.strip().startswith("File ") and "/torch/" not in line]
+    if not lines:
+        return None
+    last = lines[-1]
+    try:
+        filename = last.split('"')[1]
+        lineno = last.split("line ")[1].split(",")[0]
+    except IndexError:
+        return None
+    return f"{filename}:{lineno}"

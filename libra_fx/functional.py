@@ -1,0 +1,221 @@
+"""Balanced (LibraGrad) versions of the ops the passes rewrite.
+
+Each function returns *exactly* the value of the original op (it calls that op) and carries the
+gradient of the Libra form of spec §3 through :func:`libra_fx.ops.swap_backward`. A pass replaces a
+node by one call to one of these, so the rewritten graph stays readable: ``balanced_layer_norm``
+where ``layer_norm`` stood.
+"""
+from __future__ import annotations
+
+import math
+from typing import Callable, Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+from .ops import const, swap_backward
+
+__all__ = [
+    "GATES", "balanced_activation", "balanced_layer_norm", "balanced_rms_norm",
+    "balanced_group_norm", "balanced_normalize", "linearized", "balanced_multihead_attention",
+    "BALANCED_OPS",
+]
+
+
+def _gelu_tanh_gate(x: torch.Tensor) -> torch.Tensor:
+    inner = math.sqrt(2.0 / math.pi) * (x + 0.044715 * x.pow(3))
+    return 0.5 * (1.0 + torch.tanh(inner))
+
+
+#: gate(x) with act(x) = x * gate(x), for every gated activation the passes know (spec §3).
+GATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": lambda x: 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0)))),
+    "gelu_tanh": _gelu_tanh_gate,
+    "silu": torch.sigmoid,
+    "quick_gelu": lambda x: torch.sigmoid(1.702 * x),
+    "hardswish": lambda x: F.relu6(x + 3.0) / 6.0,
+    "mish": lambda x: torch.tanh(F.softplus(x)),
+}
+
+ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "gelu": F.gelu,
+    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "silu": F.silu,
+    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
+    "hardswish": F.hardswish,
+    "mish": F.mish,
+}
+
+
+def balanced_activation(x: torch.Tensor, kind: str, value: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``x * [gate(x)]cst`` in gradient, ``act(x)`` in value.
+
+    Args:
+        x: the activation's input.
+        kind: a key of :data:`GATES` (``"gelu"``, ``"gelu_tanh"``, ``"silu"``, ``"quick_gelu"``,
+            ``"hardswish"``, ``"mish"``).
+        value: the original op's output when the graph already computed it (keeps the value
+            bit-identical to the op the model used); computed from ``kind`` otherwise.
+
+    Returns:
+        The activation with a linear-in-x backward.
+
+    Example:
+        >>> x = torch.randn(4, requires_grad=True)
+        >>> y = balanced_activation(x, "gelu"); torch.equal(y, F.gelu(x))
+        True
+    """
+    out = ACTIVATIONS[kind](x) if value is None else value
+    return swap_backward(out, x * const(GATES[kind](x)))
+
+
+def _reduced_dims(normalized_shape: Sequence[int] | int) -> tuple[int, ...]:
+    ndim = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
+    return tuple(range(-ndim, 0))
+
+
+def _affine(y: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]) -> torch.Tensor:
+    if weight is not None:
+        y = y * weight
+    if bias is not None:
+        y = y + bias
+    return y
+
+
+def balanced_layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
+    """LayerNorm with a constant standard deviation: ``(x−μ)/[√(σ²+ε)]cst·γ+β``.
+
+    Args:
+        x, normalized_shape, weight, bias, eps: as for :func:`torch.nn.functional.layer_norm`.
+
+    Returns:
+        ``F.layer_norm(x, ...)`` in value; mean-centring keeps its gradient, the std does not.
+
+    Example:
+        >>> x = torch.randn(2, 5)
+        >>> torch.equal(balanced_layer_norm(x, (5,)), F.layer_norm(x, (5,)))
+        True
+    """
+    dims = _reduced_dims(normalized_shape)
+    centred = x - x.mean(dims, keepdim=True)
+    rstd = const(torch.rsqrt(centred.pow(2).mean(dims, keepdim=True) + eps))
+    value = F.layer_norm(x, normalized_shape, weight, bias, eps)
+    return swap_backward(value, _affine(centred * rstd, weight, bias))
+
+
+def balanced_rms_norm(x, normalized_shape, weight=None, eps: Optional[float] = None):
+    """RMSNorm with a constant scale: ``x·[rsqrt(mean x²+ε)]cst·γ``.
+
+    Args:
+        x, normalized_shape, weight, eps: as for :func:`torch.nn.functional.rms_norm`.
+
+    Returns:
+        ``F.rms_norm(x, ...)`` in value, gradient of ``x * const(rsqrt(...)) * weight``.
+
+    Example:
+        >>> x = torch.randn(2, 5)
+        >>> torch.equal(balanced_rms_norm(x, (5,)), F.rms_norm(x, (5,)))
+        True
+    """
+    dims = _reduced_dims(normalized_shape)
+    eps_value = torch.finfo(x.dtype).eps if eps is None else eps
+    scale = const(torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps_value))
+    value = F.rms_norm(x, normalized_shape, weight, eps)
+    return swap_backward(value, _affine(x * scale, weight, None))
+
+
+def _channel_view(param: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:
+    return None if param is None else param.view(1, -1, *([1] * (x.dim() - 2)))
+
+
+def balanced_group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
+    """GroupNorm with a constant per-group std (the LayerNorm rule per group).
+
+    Args:
+        x, num_groups, weight, bias, eps: as for :func:`torch.nn.functional.group_norm`.
+
+    Returns:
+        ``F.group_norm(x, ...)`` in value; per-group centring keeps its gradient.
+
+    Example:
+        >>> x = torch.randn(2, 4, 3, 3)
+        >>> torch.equal(balanced_group_norm(x, 2), F.group_norm(x, 2))
+        True
+    """
+    grouped = x.reshape(x.shape[0], num_groups, -1)
+    centred = grouped - grouped.mean(-1, keepdim=True)
+    rstd = const(torch.rsqrt(centred.pow(2).mean(-1, keepdim=True) + eps))
+    normalised = (centred * rstd).reshape(x.shape)
+    value = F.group_norm(x, num_groups, weight, bias, eps)
+    return swap_backward(value, _affine(normalised, _channel_view(weight, x), _channel_view(bias, x)))
+
+
+def balanced_normalize(x, p: float = 2.0, dim: int = 1, eps: float = 1e-12):
+    """L2 (or Lp) normalisation with a constant norm: ``x·[1/‖x‖]cst``.
+
+    Args:
+        x, p, dim, eps: as for :func:`torch.nn.functional.normalize`.
+
+    Returns:
+        ``F.normalize(x, p, dim, eps)`` in value.
+
+    Example:
+        >>> x = torch.randn(3, 8)
+        >>> torch.equal(balanced_normalize(x, dim=-1), F.normalize(x, dim=-1))
+        True
+    """
+    norm = const(x.norm(p, dim, keepdim=True).clamp_min(eps))
+    return swap_backward(F.normalize(x, p, dim, eps), x / norm)
+
+
+def linearized(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """``x·[f(x)/x]cst`` for an elementwise ``f`` with ``f(0)=0``: balanced, value unchanged.
+
+    Where ``x == 0`` the slope is taken as 0 (the term contributes ``0·slope = 0`` either way).
+
+    Args:
+        value: ``f(x)``, the original op's output.
+        x: its input (same shape).
+
+    Returns:
+        ``value`` with a gradient linear in ``x``.
+
+    Example:
+        >>> x = torch.randn(5, requires_grad=True)
+        >>> y = linearized(torch.tanh(x), x); torch.equal(y, torch.tanh(x))
+        True
+    """
+    safe_x = torch.where(x == 0, torch.ones_like(x), x)
+    slope = torch.where(x == 0, torch.zeros_like(x), value / safe_x)
+    return swap_backward(value, x * const(slope))
+
+
+def balanced_multihead_attention(query, key, value, in_proj_weight, in_proj_bias, q_proj_weight,
+                                 k_proj_weight, v_proj_weight, bias_k, bias_v, out_proj_weight,
+                                 out_proj_bias, num_heads: int, add_zero_attn: bool,
+                                 batch_first: bool, attn_mask=None, key_padding_mask=None,
+                                 is_causal: bool = False):
+    """``nn.MultiheadAttention`` output with constant attention weights (q and k detached).
+
+    Only the value path carries gradient. The caller swaps this in as the backward of the module's
+    own output, so the forward value stays the module's.
+
+    Returns:
+        The attention output (first element of ``nn.MultiheadAttention``'s result).
+    """
+    query, key = const(query), const(key)
+    if batch_first:
+        query, key, value = (t.transpose(0, 1) for t in (query, key, value))
+    separate = in_proj_weight is None
+    out, _ = F.multi_head_attention_forward(
+        query, key, value, query.shape[-1], num_heads, in_proj_weight, in_proj_bias, bias_k, bias_v,
+        add_zero_attn, 0.0, out_proj_weight, out_proj_bias, training=False,
+        key_padding_mask=key_padding_mask, need_weights=False, attn_mask=attn_mask,
+        use_separate_proj_weight=separate, q_proj_weight=q_proj_weight, k_proj_weight=k_proj_weight,
+        v_proj_weight=v_proj_weight, is_causal=is_causal)
+    return out.transpose(0, 1) if batch_first else out
+
+
+#: every function above, for the analysis: they are balanced by construction.
+BALANCED_OPS = (balanced_activation, balanced_layer_norm, balanced_rms_norm, balanced_group_norm,
+                balanced_normalize, linearized, balanced_multihead_attention)

@@ -1,0 +1,63 @@
+"""``nn.MultiheadAttention`` (an FX leaf): its output gets the Jacobian of attention on ``const(q),
+const(k)``.
+
+The module call stays, so the forward value is the module's own (fast path included); next to it a
+``balanced_multihead_attention`` node recomputes the attention from ``const(query)``,
+``const(key)`` and the live ``value`` with the module's parameters (read by name), and
+``swap_backward(module_output, balanced)`` takes the module output's place:
+``out = [softmax(QKᵀ/√d)]cst · V · W_oᵀ + b_o``.
+"""
+from __future__ import annotations
+
+import operator
+
+import torch.fx as fx
+
+from libra_fx.analysis import Facts
+from libra_fx.functional import balanced_multihead_attention
+from libra_fx.ops import swap_backward
+
+from ._graph import Pass, call_after, relevant_nodes, value_arg
+
+_PARAMS = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight",
+           "bias_k", "bias_v", "out_proj.weight", "out_proj.bias")
+
+
+def _first_output_users(node: fx.Node) -> list[fx.Node]:
+    return [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
+
+
+def match(facts: Facts):
+    return [n for n in relevant_nodes(facts, ("multihead_attention",)) if _first_output_users(n)]
+
+
+def _param_nodes(node: fx.Node) -> list:
+    module = node.graph.owning_module.get_submodule(node.target)
+    graph = node.graph
+    values = []
+    with graph.inserting_before(node):
+        for name in _PARAMS:
+            owner, _, leaf = name.rpartition(".")
+            holder = module.get_submodule(owner) if owner else module
+            present = getattr(holder, leaf, None) is not None
+            values.append(graph.get_attr(f"{node.target}.{name}") if present else None)
+    return values
+
+
+def rewrite(facts: Facts, node: fx.Node) -> None:
+    module = node.graph.owning_module.get_submodule(node.target)
+    query, key, value = (value_arg(node, i, n) for i, n in enumerate(("query", "key", "value")))
+    kwargs = {
+        "num_heads": module.num_heads, "add_zero_attn": module.add_zero_attn,
+        "batch_first": module.batch_first, "attn_mask": value_arg(node, 5, "attn_mask"),
+        "key_padding_mask": value_arg(node, 3, "key_padding_mask"),
+        "is_causal": value_arg(node, 7, "is_causal", False),
+    }
+    for output in _first_output_users(node):
+        balanced = call_after(output, balanced_multihead_attention,
+                              (query, key, value, *_param_nodes(node)), kwargs, PASS.name)
+        swapped = call_after(balanced, swap_backward, (output, balanced), None, PASS.name)
+        output.replace_all_uses_with(swapped, delete_user_cb=lambda u: u is not swapped)
+
+
+PASS = Pass("multihead_attention", "attention", match, rewrite, __doc__)
