@@ -20,3 +20,4 @@ __all__ = [
     "UnbalancedError", "ops", "functional", "analysis", "bias",
 ]
 __version__ = "0.1.0"
+from .compile import compile  # noqa: E402  (libra_fx.compile: torch.compile of a transformed module)

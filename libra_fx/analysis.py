@@ -19,7 +19,7 @@ from typing import Iterable, Optional
 import networkx as nx
 import torch.fx as fx
 
-from .opset import ELEMENTWISE, Kind, arg, op_kind, op_name
+from .opset import ELEMENTWISE, FACTOR_POSITIONS, Kind, arg, op_kind, op_name
 
 
 @dataclass(frozen=True)
@@ -135,22 +135,25 @@ def is_product(facts: Facts, node: fx.Node) -> bool:
     """A product of two or more input-dependent tensors (mul, matmul, einsum, linear with live W)."""
     kind = facts.kind(node)
     if kind is Kind.BILINEAR:
-        return sum(facts.is_live(a) for a in node.all_input_nodes) >= 2 or _squares(node, facts)
+        return len(_factor_args(node, facts)) >= 2
     if facts.name(node) in ("linear", "conv") and node.op == "call_function":
         return facts.is_live(arg(node, "input")) and facts.is_live(arg(node, "weight"))
     return False
 
 
-def _squares(node: fx.Node, facts: Facts) -> bool:
-    live = [a for a in node.args if facts.is_live(a)]
-    return len(live) == 2 and live[0] is live[1]
-
-
 def _factor_args(node: fx.Node, facts: Facts) -> list[fx.Node]:
-    if facts.name(node) == "einsum":
+    """The live multiplied factors of a product node, repeats kept (``x*x`` has two)."""
+    name = facts.name(node)
+    if node.op == "call_module":
+        return []
+    if name == "einsum":
         operands = node.args[1:] if len(node.args) > 2 else node.args[1]
         return [a for a in operands if facts.is_live(a)]
-    return [a for a in node.args[:2] if facts.is_live(a)] if node.op != "call_module" else []
+    if name in ("linear", "conv"):
+        return [a for a in (arg(node, "input"), arg(node, "weight")) if facts.is_live(a)]
+    positions = FACTOR_POSITIONS.get(name, (0, 1))
+    args = list(node.args) + [None] * (max(positions) + 1 - len(node.args))
+    return [args[i] for i in positions if facts.is_live(args[i])]
 
 
 def _absorbed(facts: Facts, node: fx.Node) -> Optional[fx.Node]:
@@ -295,7 +298,8 @@ def source_line(node: fx.Node) -> Optional[str]:
     """``file:line`` of the model code that created ``node``, when the tracer recorded it."""
     trace = node.meta.get("stack_trace") or ""
     lines = [line.strip() for line in trace.splitlines()
-             if line.strip().startswith("File ") and "/torch/" not in line]
+             if line.strip().startswith("File ") and "/torch/" not in line
+             and "/libra_fx/tracing.py" not in line]  # the tracer's own frames are not model code
     if not lines:
         return None
     last = lines[-1]

@@ -135,6 +135,10 @@ BIAS_RULES: dict[str, Callable[[Facts, fx.Node], Optional[BiasSite]]] = {
     "cat": _cat_rule,
     "clamp": _clamp_rule, "hardtanh": _clamp_rule, "relu6": _clamp_rule,
     "balanced_multihead_attention": _mha_rule,
+    # fused "constant + product" ops: the first operand is added as is (beta = 1 by default)
+    "addcmul": _named_bias("input", _as_is),
+    "linear_addmm": _named_bias("input", _as_is),
+    "baddbmm": _named_bias("input", _as_is),
 }
 
 

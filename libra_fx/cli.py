@@ -18,9 +18,13 @@ line on stderr and exit with status 2; ``--debug`` shows the traceback instead.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import difflib
+import io
 import json
+import re
 import sys
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -45,11 +49,42 @@ def _console(stderr: bool = False, file=None):
 
     if file is not None:
         return Console(file=file, no_color=True, highlight=False, width=10_000, soft_wrap=True)
-    return Console(stderr=stderr, highlight=False, soft_wrap=True)
+    console = Console(stderr=stderr, highlight=False, soft_wrap=True)
+    if not console.is_terminal:
+        console.width = 200  # piped: tables would otherwise wrap at 80 columns
+    return console
 
 
 def _note(message: str) -> None:
     _console(stderr=True).print(f"[yellow]{message}[/yellow]")
+
+
+_DEBUG = False
+
+
+@contextlib.contextmanager
+def _quiet():
+    """Hide library chatter (torch.export prints partial graphs on failure, transform warns about
+    what the audit lists anyway) so errors arrive as one line; ``--debug`` shows everything."""
+    if _DEBUG:
+        yield
+        return
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+        warnings.simplefilter("ignore")
+        yield
+
+
+def _silence_loggers() -> None:
+    """torch and open_clip log through handlers bound to the real stderr; raise their levels."""
+    import logging
+
+    logging.getLogger().setLevel(logging.ERROR)  # open_clip: "No pretrained weights loaded" (we say so)
+    try:
+        import torch._logging
+
+        torch._logging.set_logs(all=logging.ERROR)
+    except Exception:  # older torch without the API: only costs some noise
+        pass
 
 
 # --------------------------------------------------------------------------- shared steps
@@ -112,7 +147,8 @@ def run_diff(args) -> int:
     from libra_fx import diff as gdiff
 
     loaded = _load(args)
-    gm = libra_fx.transform(loaded.model, (loaded.example_input(),), passes=_parse_passes(args.passes))
+    with _quiet():
+        gm = libra_fx.transform(loaded.model, (loaded.example_input(),), passes=_parse_passes(args.passes))
     report = gm.libra_report
     before, after = gdiff.render_graph(report.traced), gdiff.render_graph(gm)
     lines = gdiff.unified(before, after, context=args.context, name=loaded.name)
@@ -190,7 +226,8 @@ def run_audit(args) -> int:
     from libra_fx.diff import summarize_rewrites
 
     loaded = _load(args)
-    result = libra_fx.audit(loaded.model, (loaded.example_input(),), passes=_parse_passes(args.passes))
+    with _quiet():
+        result = libra_fx.audit(loaded.model, (loaded.example_input(),), passes=_parse_passes(args.passes))
     data = {
         "model": loaded.name,
         "input_size": list(loaded.input_size),
@@ -219,9 +256,10 @@ def _audit_text(data: dict, output: str | None) -> None:
             rewrites.add_row(s["pass"], str(s["count"]), ", ".join(s["modules"]))
         console.print(rewrites if data["rewrites"] else "rewrites: none")
         if data["unbalanced"]:
-            table = Table("op", "module", "reason", "source", title="[red]still unbalanced[/red]", title_justify="left")
-            for f in data["unbalanced"]:
-                table.add_row(f["op"], f["module"], f["reason"], str(f["source"] or "?"))
+            table = Table("op", "count", "modules", "reason", "source", title="[red]still unbalanced[/red]",
+                          title_justify="left")
+            for g in group_findings(data["unbalanced"]):
+                table.add_row(g["op"], str(g["count"]), ", ".join(g["modules"]), g["reason"], g["source"])
             console.print(table)
         else:
             console.print("[green]unbalanced: none[/green] (every op is balanced or rewritten)")
@@ -233,6 +271,34 @@ def _audit_text(data: dict, output: str | None) -> None:
         if out:
             out.close()
             _console(stderr=True).print(f"wrote {output}")
+
+
+def group_findings(findings: list[dict]) -> list[dict]:
+    """Fold findings that share op and reason (one row per ResNet ``relu_``, not sixteen).
+
+    Returns:
+        ``[{"op", "count", "modules" (compressed), "reason", "source" (first, shortened)}]``.
+    """
+    from libra_fx.diff import compress_paths
+
+    groups: dict[tuple, list[dict]] = {}
+    for f in findings:
+        groups.setdefault((f["op"], f["reason"]), []).append(f)
+    return [
+        {"op": op, "count": len(fs), "modules": compress_paths(f["module"] for f in fs), "reason": reason,
+         "source": short_source(fs[0]["source"])}
+        for (op, reason), fs in groups.items()
+    ]
+
+
+def short_source(source: str | None) -> str:
+    """``/…/site-packages/timm/layers/mlp.py:42`` -> ``timm/layers/mlp.py:42``; cwd-relative paths."""
+    if not source:
+        return "?"
+    if "site-packages/" in source:
+        return source.rsplit("site-packages/", 1)[1]
+    cwd = str(Path.cwd()) + "/"
+    return source[len(cwd):] if source.startswith(cwd) else source
 
 
 def _fmt_err(value) -> str:
@@ -287,7 +353,9 @@ def open_image(path: Path, load: bool = True):
             image.load()
             image = image.convert("RGB")
         return image
-    except (UnidentifiedImageError, OSError, ValueError) as exc:
+    except UnidentifiedImageError as exc:
+        raise LibraError(f"cannot read image {path}: not an image format PIL recognises") from exc
+    except (OSError, ValueError) as exc:  # truncated or corrupt data, unreadable file
         raise LibraError(f"cannot read image {path}: {type(exc).__name__}: {exc}") from exc
 
 
@@ -310,24 +378,46 @@ def _targets(args, loaded, logits) -> list[_Target]:
     return [_Target(top, f"top-1 {top}: {loaded.label(top)}")]
 
 
-def _maps(loaded, x, targets, method, libra, options):
-    """Heatmaps ``(T, H, W)`` for all targets of one image in one batched attribution call."""
-    import torch
-
+def _attribute_fn():
+    """``libra_fx.attribute`` (its home module while the package does not re-export it)."""
     import libra_fx
+
+    if hasattr(libra_fx, "attribute"):
+        return libra_fx.attribute
+    from libra_fx.attribution import attribute
+
+    return attribute
+
+
+def _maps(loaded, x, targets, method, libra, options):
+    """Attribution of all targets of one image in one batched call.
+
+    Returns:
+        ``(maps (T, H, W), notes)``: notes are per-row panel captions (completeness error).
+    """
+    import torch
 
     batch = x.expand(len(targets), *x.shape[1:]).clone()
     if targets[0].index is None:
         target = loaded.target_fn
     else:
         target = torch.tensor([t.index for t in targets])
-    result = libra_fx.attribute(loaded.model, batch, target, method=method, libra=libra, **options)
-    return result.image_map.detach()
+    with _quiet():
+        result = _attribute_fn()(loaded.model, batch, target, method=method, libra=libra, **options)
+    if result.image_map is None:
+        raise LibraError(f"method {method!r} gives no image map for {loaded.name}")
+    ce = getattr(result, "completeness_error", None)
+    notes = [f"CE {float(e):.1e}" for e in ce] if ce is not None else [""] * len(targets)
+    return result.image_map.detach(), notes
 
 
-def _output_path(out: Path, image: Path, method: str, used: set) -> Path:
-    """``OUT/<stem>_<method>.png``, suffixed when two inputs share a stem."""
-    stem = f"{image.stem}_{method.replace('+', 'plus')}"
+def _output_path(out: Path, image: Path, model: str, method: str, used: set) -> Path:
+    """``OUT/<image>__<model>__<method>.png``, suffixed when two inputs share a stem.
+
+    The model is part of the name so runs of several models into one folder do not collide.
+    """
+    slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{image.stem}__{Path(model).stem if model.endswith('.py') else model}")
+    stem = f"{slug}__{method.replace('+', 'plus')}"
     path, n = out / f"{stem}.png", 1
     while path in used:
         n += 1
@@ -346,24 +436,29 @@ def run_explain(args) -> int:
     images = collect_images(args.images)  # validate inputs before the (slow) model load
     if args.prompt and not args.model.startswith("open_clip:"):
         raise LibraError("--prompt needs an open_clip:ARCH model (it scores images against text)")
-    loaded = _load(args, prompts=args.prompt)
+    with _quiet():
+        loaded = _load(args, prompts=args.prompt)
     if not loaded.pretrained:
         _note(RANDOM_WEIGHTS_NOTE.format(model=loaded.name))
     out, used, written = Path(args.out), set(), []
     weights = "checkpoint" if args.checkpoint else "pretrained" if args.pretrained else "random weights"
-    with Progress(console=_console(stderr=True), transient=False) as progress:
+    # Bound to the real stderr object, so _quiet() around the attribution calls does not eat it.
+    progress_console = _console(file=sys.stderr) if not sys.stderr.isatty() else _console(stderr=True)
+    progress_console.file = sys.stderr
+    with Progress(console=progress_console, transient=False) as progress:
         task = progress.add_task(f"explain {loaded.name}", total=len(images))
         for path in images:
             x = loaded.transform(open_image(path)).unsqueeze(0)
             with torch.no_grad():
                 logits = loaded.model(x)
             targets = _targets(args, loaded, logits)
-            plain = _maps(loaded, x, targets, args.method, False, {})
-            libra = _maps(loaded, x, targets, args.method, True, {})
-            rows = [viz.Row(t.label, plain[i], libra[i]) for i, t in enumerate(targets)]
+            plain, plain_notes = _maps(loaded, x, targets, args.method, False, {})
+            libra, libra_notes = _maps(loaded, x, targets, args.method, True, {})
+            rows = [viz.Row(t.label, plain[i], libra[i], plain_notes[i], libra_notes[i])
+                    for i, t in enumerate(targets)]
             title = f"{loaded.name} · {path.name} · {weights}"
             image = viz.to_display_image(x, loaded.mean, loaded.std)
-            written.append(viz.save_overlay(image, rows, _output_path(out, path, args.method, used),
+            written.append(viz.save_overlay(image, rows, _output_path(out, path, loaded.name, args.method, used),
                                             method=args.method, title=title))
             progress.advance(task)
     for path in written:
@@ -445,6 +540,21 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _parse(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Parse, letting ``explain`` take images after options (``explain M --input-size 64 a.png``).
+
+    argparse binds ``nargs="*"`` positionals once, before the options that follow the model, so
+    images given later come back as extras; they are images when they do not look like options.
+    """
+    args, extra = parser.parse_known_args(argv)
+    stray = [a for a in extra if a.startswith("-")]
+    if stray or (extra and args.command != "explain"):
+        parser.error(f"unrecognized arguments: {' '.join(stray or extra)}")
+    if extra:
+        args.images = list(args.images) + extra
+    return args
+
+
 #: Exceptions that are the user's input, not our bug: shown as one line, exit 2.
 USER_ERRORS = (LibraError, FileNotFoundError, PermissionError, IsADirectoryError)
 
@@ -462,7 +572,11 @@ def main(argv: list[str] | None = None) -> int:
         >>> main(["audit", "resnet18", "--input-size", "64", "--strict"])
         0
     """
-    args = build_parser().parse_args(argv)
+    global _DEBUG
+    args = _parse(build_parser(), argv)
+    _DEBUG = args.debug
+    if not args.debug:
+        _silence_loggers()
     try:
         return args.run(args)
     except USER_ERRORS as exc:

@@ -12,24 +12,46 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 import torch.fx as fx
 
+from collections.abc import Mapping
+
 from .analysis import Facts, analyse
 from .bias import BiasSite, bias_sites
+from .errors import TargetError
+from .tracing import flatten_value, structured_output
+from .validation import check_target
 
 Target = Union[int, torch.Tensor, Callable[[Any], torch.Tensor]]
 
 
 def first_tensor(output: Any) -> torch.Tensor:
-    """The main tensor of a model output: itself, ``logits``, or the first tensor in it."""
+    """The main tensor of a model output: itself, its ``logits`` field, or the first tensor in it.
+
+    Handles tensors nested in tuples, lists, namedtuples, dicts (and ``OrderedDict`` subclasses such
+    as Hugging Face's ``ModelOutput``) and dataclasses; a ``logits`` key or attribute wins.
+
+    Args:
+        output: a model output.
+
+    Returns:
+        The tensor to explain.
+
+    Raises:
+        TargetError: the output holds no tensor.
+
+    Example:
+        >>> first_tensor({"hidden": torch.zeros(1), "logits": torch.ones(1)})
+        tensor([1.])
+    """
     if isinstance(output, torch.Tensor):
         return output
-    if isinstance(output, dict):
-        output = output.get("logits", next(iter(output.values())))
-        return first_tensor(output)
-    if hasattr(output, "logits"):
-        return output.logits
-    if isinstance(output, (tuple, list)):
-        return first_tensor(output[0])
-    raise TypeError(f"cannot find a tensor in model output of type {type(output).__name__}")
+    logits = output.get("logits") if isinstance(output, Mapping) else getattr(output, "logits", None)
+    if isinstance(logits, torch.Tensor):
+        return logits
+    _, leaves = flatten_value(output, leaf=lambda v: isinstance(v, torch.Tensor))
+    if not leaves:
+        raise TargetError(f"cannot find a tensor in model output of type {type(output).__name__}; "
+                          "pass a callable target that picks the score")
+    return leaves[0]
 
 
 def target_score(output: Any, target: Target) -> torch.Tensor:
@@ -37,18 +59,28 @@ def target_score(output: Any, target: Target) -> torch.Tensor:
 
     Args:
         output: the model output.
-        target: an int class index, a (B,) tensor of indices, or a callable returning (B,) scores.
+        target: an int class index into :func:`first_tensor` of the output (``logits`` for
+            dict-likes and dataclasses), a (B,) tensor of indices, or a callable returning (B,)
+            scores — e.g. ``lambda out: out["pooler"][:, 0]`` to pick another field.
 
     Returns:
         A (B,) tensor.
+
+    Raises:
+        TargetError: an index out of range, or a target of the wrong type or shape.
 
     Example:
         >>> target_score(torch.eye(3), 1)
         tensor([0., 1., 0.])
     """
-    if callable(target):
-        return target(output)
+    if callable(target) and not isinstance(target, torch.Tensor):
+        score = target(output)
+        if not isinstance(score, torch.Tensor) or score.dim() != 1:
+            raise TargetError(f"a callable target must return a (B,) tensor of scores, got "
+                              f"{tuple(score.shape) if isinstance(score, torch.Tensor) else type(score).__name__}")
+        return score
     logits = first_tensor(output)
+    check_target(target, logits)
     if isinstance(target, int):
         return logits[:, target]
     return logits.gather(1, target.view(-1, 1).to(logits.device)).squeeze(1)
@@ -139,6 +171,7 @@ def fullgrad_terms(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], target: T
     attributed = [x for x in inputs if x.requires_grad]
     with torch.enable_grad():
         output, site_values, biases, tapped = probe(*inputs)
+        output = structured_output(gm, output)  # the probe's copy of the graph returns the flat leaves
         score = target_score(output, target)
         wanted = [*attributed, *site_values, *tapped]
         grads = torch.autograd.grad(score.sum(), wanted, allow_unused=True)

@@ -52,6 +52,9 @@ def module_path(node: torch.fx.Node) -> str:
     ``call_module`` nodes report their parent, since their own path is already their target.
     """
     stack = node.meta.get("nn_module_stack") or {}
+    if not stack and node.op == "get_attr" and "." in node.target:
+        # Passes insert parameter reads without a module stack; the owner is in the name.
+        return node.target.rsplit(".", 1)[0]
     paths = [_clean_path(key, value) for key, value in stack.items()]
     if node.op == "call_module" and paths and paths[-1] == node.target:
         paths = paths[:-1]
@@ -185,25 +188,34 @@ def unified(before: list[str], after: list[str], context: int = 2, name: str = "
 # --------------------------------------------------------------------------- summaries
 
 
-def _numeric(part: str) -> bool:
-    return part.isdigit()
+_INDEXED = re.compile(r"^([A-Za-z_]*?)(\d+)$")
+
+
+def _split_part(part: str):
+    """``"12"`` -> ``("", {12})``, ``"norm1"`` -> ``("norm", {1})``; other parts stay strings."""
+    match = _INDEXED.match(part)
+    return (match.group(1), frozenset([int(match.group(2))])) if match else part
 
 
 def compress_paths(paths: Iterable[str]) -> list[str]:
-    """Fold module paths that differ only in numeric components.
+    """Fold module paths that differ only in numbered components.
+
+    Numbers are folded both as whole components (``blocks.3``) and as suffixes (``norm1``,
+    ``layer2``), innermost first.
 
     Args:
         paths: dotted module paths (duplicates allowed).
 
     Returns:
-        Sorted patterns like ``"blocks.{0..11}.attn"`` or ``"stages.{0,2}.blocks.{0..3}"``.
+        Sorted patterns like ``"blocks.{0..11}.attn"`` or ``"layer{1..4}.{0,1}.act{1,2}"``.
 
     Example:
         >>> compress_paths([f"blocks.{i}.attn" for i in range(12)] + ["head"])
         ['blocks.{0..11}.attn', 'head']
+        >>> compress_paths(["blocks.0.norm1", "blocks.0.norm2", "blocks.1.norm1", "blocks.1.norm2"])
+        ['blocks.{0,1}.norm{1,2}']
     """
-    items = {tuple(frozenset([int(p)]) if _numeric(p) else p for p in path.split(".")) for path in paths}
-    # Merge from the innermost index outwards: blocks inside a stage fold before the stages do.
+    items = {tuple(_split_part(p) for p in path.split(".")) for path in paths}
     changed = True
     while changed:
         changed = False
@@ -211,22 +223,24 @@ def compress_paths(paths: Iterable[str]) -> list[str]:
         for pos in reversed(range(width)):
             groups: dict[tuple, set] = defaultdict(set)
             for item in items:
-                if pos < len(item) and isinstance(item[pos], frozenset):
-                    groups[item[:pos] + (None,) + item[pos + 1:]].add(item)
+                if pos < len(item) and isinstance(item[pos], tuple):
+                    prefix = item[pos][0]
+                    groups[item[:pos] + (("#", prefix),) + item[pos + 1:]].add(item)
             for key, members in groups.items():
                 if len(members) > 1:
-                    merged = frozenset().union(*(m[pos] for m in members))
+                    merged = frozenset().union(*(m[pos][1] for m in members))
                     items -= members
-                    items.add(key[:pos] + (merged,) + key[pos + 1:])
+                    items.add(key[:pos] + ((key[pos][1], merged),) + key[pos + 1:])
                     changed = True
     rendered = [".".join(_render_part(p) for p in item) for item in items]
     return sorted(rendered, key=_natural_key)
 
 
 def _render_part(part) -> str:
-    if not isinstance(part, frozenset):
+    if isinstance(part, str):
         return part
-    nums = sorted(part)
+    prefix, numbers = part
+    nums = sorted(numbers)
     runs, start, prev = [], nums[0], nums[0]
     for n in nums[1:]:
         if n != prev + 1:
@@ -235,7 +249,7 @@ def _render_part(part) -> str:
         prev = n
     runs.append((start, prev))
     text = [str(a) if a == b else f"{a},{b}" if b == a + 1 else f"{a}..{b}" for a, b in runs]
-    return "{" + ",".join(text) + "}" if len(nums) > 1 else text[0]
+    return prefix + ("{" + ",".join(text) + "}" if len(nums) > 1 else text[0])
 
 
 def _natural_key(text: str):

@@ -1,18 +1,21 @@
 """Balanced (LibraGrad) versions of the ops the passes rewrite.
 
 Each function returns *exactly* the value of the original op (it calls that op) and carries the
-gradient of the Libra form of spec §3 through :func:`libra_fx.ops.swap_backward`. A pass replaces a
+gradient of the Libra form of spec §3 through :func:`libra_fx.ops.swap_backward` (or, for the
+activations and norms, through the equivalent hand-written backward of :mod:`libra_fx.fast_ops`,
+which skips computing the Libra expression in the forward). A pass replaces a
 node by one call to one of these, so the rewritten graph stays readable: ``balanced_layer_norm``
 where ``layer_norm`` stood.
 """
 from __future__ import annotations
 
 import math
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional
 
 import torch
 import torch.nn.functional as F
 
+from . import fast_ops
 from .ops import const, swap_backward
 
 __all__ = [
@@ -66,12 +69,8 @@ def balanced_activation(x: torch.Tensor, kind: str, value: Optional[torch.Tensor
         True
     """
     out = ACTIVATIONS[kind](x) if value is None else value
-    return swap_backward(out, x * const(GATES[kind](x)))
-
-
-def _reduced_dims(normalized_shape: Sequence[int] | int) -> tuple[int, ...]:
-    ndim = 1 if isinstance(normalized_shape, int) else len(normalized_shape)
-    return tuple(range(-ndim, 0))
+    # same gradient as swap_backward(out, x * const(gate(x))), without computing x·gate(x) forward
+    return fast_ops.gated_activation(x, out, GATES[kind])
 
 
 def _affine(y: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -96,11 +95,8 @@ def balanced_layer_norm(x, normalized_shape, weight=None, bias=None, eps: float 
         >>> torch.equal(balanced_layer_norm(x, (5,)), F.layer_norm(x, (5,)))
         True
     """
-    dims = _reduced_dims(normalized_shape)
-    centred = x - x.mean(dims, keepdim=True)
-    rstd = const(torch.rsqrt(centred.pow(2).mean(dims, keepdim=True) + eps))
-    value = F.layer_norm(x, normalized_shape, weight, bias, eps)
-    return swap_backward(value, _affine(centred * rstd, weight, bias))
+    # = swap_backward(F.layer_norm(...), (x−μ)·const(rstd)·γ+β), with a hand-written backward
+    return fast_ops.layer_norm_const_std(x, normalized_shape, weight, bias, eps)
 
 
 def balanced_rms_norm(x, normalized_shape, weight=None, eps: Optional[float] = None):
@@ -117,11 +113,8 @@ def balanced_rms_norm(x, normalized_shape, weight=None, eps: Optional[float] = N
         >>> torch.equal(balanced_rms_norm(x, (5,)), F.rms_norm(x, (5,)))
         True
     """
-    dims = _reduced_dims(normalized_shape)
-    eps_value = torch.finfo(x.dtype).eps if eps is None else eps
-    scale = const(torch.rsqrt(x.pow(2).mean(dims, keepdim=True) + eps_value))
-    value = F.rms_norm(x, normalized_shape, weight, eps)
-    return swap_backward(value, _affine(x * scale, weight, None))
+    # = swap_backward(F.rms_norm(...), x·const(rsqrt(mean x²+ε))·γ), with a hand-written backward
+    return fast_ops.rms_norm_const_scale(x, normalized_shape, weight, eps)
 
 
 def _channel_view(param: Optional[torch.Tensor], x: torch.Tensor) -> Optional[torch.Tensor]:

@@ -45,7 +45,7 @@ _FUNCTIONS = _names({
     "rsub": (torch.rsub,), "neg": (operator.neg, torch.neg), "mul": (operator.mul, torch.mul, operator.imul),
     "div": (operator.truediv, torch.div, torch.true_divide, operator.itruediv),
     "matmul": (operator.matmul, torch.matmul, torch.bmm, torch.mm), "einsum": (torch.einsum,),
-    "baddbmm": (torch.baddbmm,), "linear": (F.linear, torch._C._nn.linear),
+    "baddbmm": (torch.baddbmm,), "addcmul": (torch.addcmul,), "linear": (F.linear, torch._C._nn.linear),
     "conv": (F.conv1d, F.conv2d, F.conv3d, torch.conv1d, torch.conv2d, torch.conv3d,
              F.conv_transpose1d, F.conv_transpose2d, F.conv_transpose3d),
     "batch_norm": (F.batch_norm, torch.batch_norm), "layer_norm": (F.layer_norm, torch.layer_norm),
@@ -54,7 +54,7 @@ _FUNCTIONS = _names({
     "log_softmax": (F.log_softmax, torch.log_softmax),
     "sdpa": (F.scaled_dot_product_attention, torch._C._nn.scaled_dot_product_attention),
     "gelu": (F.gelu, torch._C._nn.gelu), "silu": (F.silu,), "hardswish": (F.hardswish,),
-    "mish": (F.mish,), "relu": (F.relu, torch.relu), "relu6": (F.relu6,), "leaky_relu": (F.leaky_relu,),
+    "mish": (F.mish,), "relu": (F.relu, torch.relu, torch.relu_, F.relu_), "relu6": (F.relu6,), "leaky_relu": (F.leaky_relu,),
     "hardtanh": (F.hardtanh,), "elu": (F.elu,), "selu": (F.selu,), "softplus": (F.softplus,),
     "hardsigmoid": (F.hardsigmoid,), "sigmoid": (torch.sigmoid, F.sigmoid), "tanh": (torch.tanh, F.tanh),
     "exp": (torch.exp,), "log": (torch.log,), "sqrt": (torch.sqrt,), "rsqrt": (torch.rsqrt,),
@@ -71,7 +71,8 @@ _FUNCTIONS = _names({
     "pad": (F.pad,), "avg_pool": (F.avg_pool1d, F.avg_pool2d, F.avg_pool3d, F.adaptive_avg_pool1d,
                                  F.adaptive_avg_pool2d, F.adaptive_avg_pool3d),
     "max_pool": (F.max_pool1d, F.max_pool2d, F.max_pool3d, F.adaptive_max_pool1d,
-                 F.adaptive_max_pool2d, F.adaptive_max_pool3d),
+                 F.adaptive_max_pool2d, F.adaptive_max_pool3d, torch.max_pool1d, torch.max_pool2d,
+                 torch.max_pool3d, torch._C._nn.max_pool2d_with_indices if hasattr(torch._C._nn, "max_pool2d_with_indices") else F.max_pool2d),
     "interpolate": (F.interpolate,), "index_select": (torch.index_select,), "gather": (torch.gather,),
     "repeat_interleave": (torch.repeat_interleave,), "movedim": (torch.movedim,),
     "narrow": (torch.narrow,), "select": (torch.select,), "tile": (torch.tile,),
@@ -98,6 +99,23 @@ _METHODS = {
     "gt": "shape", "lt": "shape", "detach": "const", "t": "transpose", "swapaxes": "transpose",
     "moveaxis": "movedim", "repeat": "tile", "unfold": "unfold", "__getitem__": "getitem",
     "softmax": "softmax", "exp_": "exp", "sqrt_": "sqrt", "rsqrt_": "rsqrt", "pow_": "pow",
+    "addcmul_": "addcmul", "norm": "norm",
+}
+
+#: Library helpers that model code calls as opaque functions (timm's autowrapped functions,
+#: torchvision's ``torch.fx.wrap``-ed ones), keyed by (top-level package, function name). Only the
+#: ones whose maths is one of the canonical ops: pure re-layouts of a tensor are ``reshape``;
+#: ``maybe_add_mask(scores, mask)`` adds a constant mask; torchvision's ``stochastic_depth`` is the
+#: identity in eval mode (and a per-sample dropout in training, like ``dropout``). Wrapped
+#: functions that hide attention (torchvision's ``shifted_window_attention``) stay unknown, so the
+#: audit reports them.
+_LIBRARY_FUNCTIONS = {
+    **{("timm", n): "reshape" for n in (
+        "window_reverse", "window_reverse_nchw", "grid_reverse", "grid_reverse_nchw", "deblockify",
+        "reshape_pre_pool", "reshape_post_pool")},
+    ("timm", "maybe_add_mask"): "add",
+    ("torchvision", "stochastic_depth"): "stochastic_depth",
+    ("torchvision", "_patch_merging_pad"): "reshape",
 }
 
 #: ATen packet names (fallback captures) that differ from the canonical name.
@@ -108,6 +126,11 @@ _ATEN = {
     "convolution": "conv", "conv2d": "conv", "conv1d": "conv", "conv3d": "conv", "alias": "identity",
     "sym_size": "shape", "lift_fresh_copy": "identity", "detach": "const", "addmm": "linear_addmm",
     "expand": "expand", "slice": "getitem", "native_dropout": "dropout", "mean": "mean",
+    "linalg_vector_norm": "norm", "hardswish": "hardswish", "silu": "silu", "reshape_as": "reshape",
+    "split_with_sizes": "split", "unsafe_split": "split", "unsafe_chunk": "chunk", "view_as": "reshape",
+    "expand_as": "expand", "avg_pool2d": "avg_pool", "avg_pool1d": "avg_pool", "avg_pool3d": "avg_pool",
+    "adaptive_avg_pool2d": "avg_pool", "adaptive_avg_pool1d": "avg_pool", "_adaptive_avg_pool2d": "avg_pool",
+    "max_pool2d_with_indices": "max_pool", "max_pool2d": "max_pool", "adaptive_max_pool2d": "max_pool",
 }
 
 _MODULES: dict[type, str] = {
@@ -123,11 +146,11 @@ OP_KINDS: dict[str, Kind] = {
         "chunk", "squeeze", "unsqueeze", "roll", "flip", "mean", "sum", "dropout", "identity",
         "cast", "expand", "stack", "neg", "avg_pool", "interpolate", "index_select", "gather",
         "repeat_interleave", "movedim", "narrow", "select", "tile", "unfold", "pixel_shuffle",
-        "masked_fill", "contiguous")},
+        "masked_fill", "contiguous", "stochastic_depth")},
     **{n: Kind.AFFINE for n in ("add", "sub", "rsub", "linear", "conv", "batch_norm", "cat", "pad")},
     **{n: Kind.PIECEWISE for n in ("relu", "relu6", "leaky_relu", "hardtanh", "max_pool", "amax",
                                    "max", "abs", "clamp", "where")},
-    **{n: Kind.BILINEAR for n in ("mul", "matmul", "einsum", "baddbmm", "linear_addmm")},
+    **{n: Kind.BILINEAR for n in ("mul", "matmul", "einsum", "baddbmm", "linear_addmm", "addcmul")},
     "div": Kind.DIVIDE,
     **{n: Kind.NONLINEAR for n in (
         "softmax", "log_softmax", "gelu", "silu", "hardswish", "mish", "elu", "selu", "softplus",
@@ -156,10 +179,15 @@ def _module(gm: Optional[fx.GraphModule], node: fx.Node) -> Optional[nn.Module]:
 
 
 def _module_name(module: nn.Module) -> str:
-    for cls in type(module).__mro__:
-        if cls in _MODULES:
-            return _MODULES[cls]
-    return "module:" + type(module).__name__
+    # Exact type only: a subclass that stays a leaf (timm's BatchNormAct2d subclasses BatchNorm2d but
+    # adds an activation) does more than its base, so it is an opaque module until traced through.
+    name = _MODULES.get(type(module))
+    return name if name is not None else "module:" + type(module).__name__
+
+
+def _library_function(target: Any) -> Optional[str]:
+    package = (getattr(target, "__module__", None) or "").split(".")[0]
+    return _LIBRARY_FUNCTIONS.get((package, getattr(target, "__name__", None)))
 
 
 def op_name(node: fx.Node, gm: Optional[fx.GraphModule] = None) -> str:
@@ -192,7 +220,9 @@ def op_name(node: fx.Node, gm: Optional[fx.GraphModule] = None) -> str:
     try:
         return _FUNCTIONS[target]
     except (KeyError, TypeError):
-        return "unknown:" + getattr(target, "__qualname__", str(target))
+        pass
+    library = _library_function(target)
+    return library if library is not None else "unknown:" + getattr(target, "__qualname__", str(target))
 
 
 def op_kind(name: str) -> Optional[Kind]:
@@ -215,6 +245,8 @@ _ARG_POSITIONS = {
     "clamp": ("input", "min", "max"),
     "hardtanh": ("input", "min_val", "max_val"),
     "cat": ("tensors", "dim"),
+    "addcmul": ("input", "tensor1", "tensor2", "value"),
+    "baddbmm": ("input", "batch1", "batch2", "beta", "alpha"),
 }
 _ARG_POSITIONS.update({"balanced_" + n: _ARG_POSITIONS[n] for n in ("layer_norm", "rms_norm", "group_norm")})
 
@@ -235,9 +267,23 @@ def arg(node: fx.Node, name: str, default: Any = None) -> Any:
     for key in (name,) + _ALIASES.get(name, ()):
         if key in node.kwargs:
             return node.kwargs[key]
-    positions = _ARG_POSITIONS[op_name(node)]
-    index = positions.index(name)
+    positions = _positions(node)
+    index = next((positions.index(k) for k in (name,) + _ALIASES.get(name, ()) if k in positions), None)
+    if index is None:
+        return default
     return node.args[index] if index < len(node.args) else default
+
+
+def _positions(node: fx.Node) -> tuple[str, ...]:
+    # ATen overloads (torch.export captures) order their arguments differently from the functional
+    # form (aten.batch_norm takes weight, bias before the running stats): read their schema.
+    if isinstance(node.target, torch._ops.OpOverload):
+        return tuple(a.name for a in node.target._schema.arguments)
+    return _ARG_POSITIONS.get(op_name(node), ())
+
+
+#: Positions of the multiplied factors of each product op (the rest is an additive term).
+FACTOR_POSITIONS = {"baddbmm": (1, 2), "linear_addmm": (1, 2), "addcmul": (1, 2)}
 
 
 def tensor_args(node: fx.Node) -> list[fx.Node]:

@@ -1,22 +1,23 @@
 """The pipeline, in one place: trace → analyse → rewrite → recompile → verify."""
 from __future__ import annotations
 
+import copy
 import time
 import warnings
 from contextlib import contextmanager
 from typing import Any, Iterable, Optional, Sequence
 
+import networkx as nx
 import torch
 import torch.fx as fx
 import torch.nn as nn
 
-import passes as passes_pkg
-
-from .analysis import analyse, unbalanced
-from .errors import ForwardMismatchError, UnbalancedError
+from .analysis import analyse, module_path, source_line, unbalanced
+from .errors import ForwardMismatchError, InputError, LibraWarning, UnbalancedError
 from .opset import arg, op_name
-from .report import TransformReport, finding_record, rewrite_record
-from .tracing import _as_tuple, model_name, trace
+from .report import Finding, TransformReport, finding_record, rewrite_record
+from .tracing import _as_tuple, eval_clone, flatten_value, model_name, preserve_attribute, trace
+from .validation import check_inputs, check_passes, shapes
 
 _TRAINING_ARGS = {"dropout": ("training", 2), "batch_norm": ("training", 5)}
 
@@ -56,9 +57,47 @@ def as_eval_graph(gm: fx.GraphModule) -> int:
 def _copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
     graph = fx.Graph()
     graph.output(graph.graph_copy(gm.graph, {}))
-    copy = fx.GraphModule(gm, graph, type(gm).__name__)
-    copy.meta.update(gm.meta)
-    return copy
+    graph._codegen = copy.deepcopy(gm.graph._codegen)  # keeps structured outputs (tracing.flatten_output)
+    duplicate = fx.GraphModule(gm, graph, type(gm).__name__)
+    duplicate.meta.update(gm.meta)
+    for name, value in gm.meta.get("_user_preserved_attributes", {}).items():
+        preserve_attribute(duplicate, name, value)
+    duplicate.recompile()
+    return duplicate
+
+
+def align_state_dict(gm: fx.GraphModule, model: nn.Module) -> None:
+    """Give ``gm`` exactly ``model``'s state-dict keys, so that state dicts load both ways.
+
+    FX keeps only the tensors the graph uses and registers every buffer as persistent; this adds
+    the unused parameters and buffers (shared, not copied) and restores non-persistent flags.
+
+    Args:
+        gm: the captured module (edited in place).
+        model: the module it was captured from.
+    """
+    for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
+        owner_path, _, leaf = name.rpartition(".")
+        owner = _ensure_submodule(gm, owner_path)
+        if not hasattr(owner, leaf):
+            if isinstance(tensor, nn.Parameter):
+                owner.register_parameter(leaf, tensor)
+            else:
+                owner.register_buffer(leaf, tensor)
+    for path, module in model.named_modules():
+        hidden = getattr(module, "_non_persistent_buffers_set", ())
+        if hidden:
+            owner = _ensure_submodule(gm, path)
+            owner._non_persistent_buffers_set |= {b for b in hidden if b in owner._buffers}
+
+
+def _ensure_submodule(root: nn.Module, path: str) -> nn.Module:
+    module = root
+    for part in filter(None, path.split(".")):
+        if not hasattr(module, part):
+            module.add_module(part, nn.Module())
+        module = getattr(module, part)
+    return module
 
 
 def run_passes(gm: fx.GraphModule, selected: Sequence, inputs: Optional[Iterable[str]] = None) -> list:
@@ -73,22 +112,66 @@ def run_passes(gm: fx.GraphModule, selected: Sequence, inputs: Optional[Iterable
     return rewrites
 
 
-def _warn_training(model: nn.Module, name: str) -> None:
-    if model.training:
-        warnings.warn(f"{name} is in train mode: dropout and batch statistics would make attributions "
-                      "random; the transformed graph runs them in eval mode (the model itself is not "
-                      "changed). Pass eval_mode=False to keep train-mode behaviour.", stacklevel=3)
+def _warn_training(name: str) -> None:
+    warnings.warn(f"{name} is in train mode: dropout, drop-path and batch statistics would make attributions "
+                  "random; the transformed graph runs in eval mode (the model itself is not changed). "
+                  "Pass eval_mode=False to keep train-mode behaviour.", LibraWarning, stacklevel=3)
+
+
+def _mode_dependent(model: nn.Module) -> bool:
+    """Whether some train-mode submodule behaves differently in eval (dropout, drop-path, norms
+    with running statistics); other train-mode models get no warning, only the eval graph."""
+    stateful = (nn.modules.dropout._DropoutNd, nn.modules.batchnorm._NormBase, nn.MultiheadAttention)
+    return any(m.training and (isinstance(m, stateful) or "drop" in type(m).__name__.lower())
+               for m in model.modules())
+
+
+def _fresh(inputs: tuple) -> tuple:
+    """Copies of the tensor inputs: a model that mutates its input must not change the next run's."""
+    return tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)
+
+
+def _same_output(expected: Any, actual: Any) -> bool:
+    spec_e, leaves_e = flatten_value(expected, leaf=lambda v: isinstance(v, torch.Tensor))
+    spec_a, leaves_a = flatten_value(actual, leaf=lambda v: isinstance(v, torch.Tensor))
+    return spec_e == spec_a and all(a.dtype == b.dtype and torch.equal(a, b) for a, b in zip(leaves_e, leaves_a))
 
 
 def _verify_forward(model: nn.Module, gm: fx.GraphModule, inputs: tuple, name: str) -> None:
     with torch.no_grad():
-        expected, actual = model(*inputs), gm(*inputs)
-    flat_expected = torch.utils._pytree.tree_leaves(expected)
-    flat_actual = torch.utils._pytree.tree_leaves(actual)
-    same = len(flat_expected) == len(flat_actual) and all(
-        (torch.equal(a, b) if isinstance(a, torch.Tensor) else a == b) for a, b in zip(flat_expected, flat_actual))
-    if not same:
+        try:
+            expected = model(*_fresh(inputs))
+        except Exception as exc:  # the inputs are wrong for the model itself: say so in one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise InputError(f"{name}: the model's own forward fails on example inputs of shape "
+                             f"{shapes(inputs)}: {first}") from None
+        try:
+            actual = gm(*_fresh(inputs))
+        except Exception as exc:
+            raise ForwardMismatchError(f"{name}: the rewritten module fails on the example inputs where the "
+                                       f"model does not ({type(exc).__name__}: {exc}); please report this") from exc
+    if not _same_output(expected, actual):
         raise ForwardMismatchError(f"{name}: the rewritten forward differs from the original on the example inputs")
+
+
+def _depends_on_input(gm: fx.GraphModule, node: fx.Node) -> bool:
+    graph = nx.DiGraph((s, n) for n in gm.graph.nodes for s in n.all_input_nodes)
+    graph.add_nodes_from(gm.graph.nodes)
+    return any(n.op == "placeholder" for n in nx.ancestors(graph, node) | {node})
+
+
+def _capture_findings(gm: fx.GraphModule) -> list[Finding]:
+    """Findings the analysis cannot see: in-place ops left in place, Functions export inlined."""
+    nodes = {n.name: n for n in gm.graph.nodes}
+    findings = []
+    for node_name, reason in gm.meta.get("libra_inplace", []):
+        node = nodes.get(node_name)
+        if node is not None and _depends_on_input(gm, node):
+            findings.append(Finding(node.name, op_name(node, gm), module_path(node), reason, source_line(node)))
+    for function in gm.meta.get("libra_inlined_functions", []):
+        findings.append(Finding(function, f"{function}.apply", "", "custom autograd.Function inlined by "
+                                "torch.export: its backward is not used", None))
+    return findings
 
 
 def _report_unbalanced(report: TransformReport, strict: bool) -> None:
@@ -99,7 +182,8 @@ def _report_unbalanced(report: TransformReport, strict: bool) -> None:
     listed = "; ".join(str(f) for f in report.unbalanced[:8])
     more = f" (+{len(report.unbalanced) - 8} more)" if len(report.unbalanced) > 8 else ""
     warnings.warn(f"libra_fx: {report.model_name}: {len(report.unbalanced)} gradient-relevant op(s) left "
-                  f"unbalanced: {listed}{more}. See libra_fx.audit(); strict=True raises.", stacklevel=3)
+                  f"unbalanced: {listed}{more}. See libra_fx.audit(); strict=True raises.", LibraWarning,
+                  stacklevel=3)
 
 
 def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[Sequence[str]] = None,
@@ -120,9 +204,10 @@ def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[
         strict: raise :class:`~libra_fx.errors.UnbalancedError` when an op stays unbalanced
             (the default warns once, listing them).
         compile: return ``torch.compile`` of the rewritten module (see :func:`libra_fx.compile`).
-        eval_mode: run dropout and batch-norm in eval mode in the graph even if the model is in
-            train mode (with a warning); the model's own mode is left alone.
-        verify: check forward identity on ``example_inputs`` when they are given.
+        eval_mode: capture a train-mode model as it runs in eval mode (dropout, drop-path and
+            batch-norm statistics included; a warning says so); the model's own flags are left alone.
+        verify: check forward identity on ``example_inputs`` when they are given (against the model
+            in eval mode when ``eval_mode`` applied).
         leaf_types: extra module classes to keep whole when tracing.
         inputs: names of the placeholders to attribute (all by default).
         **compile_kwargs: passed to ``torch.compile`` when ``compile=True``.
@@ -130,6 +215,16 @@ def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[
     Returns:
         A ``torch.fx.GraphModule`` with a ``libra_report`` attribute
         (:class:`~libra_fx.report.TransformReport`). Transforming it again returns it unchanged.
+        Its state-dict keys are the model's.
+
+    Raises:
+        UnknownPassError: ``passes`` names an unknown pass or group (lists the known ones).
+        InputError: ``example_inputs`` do not fit the model (rank, channels, or its own forward fails);
+            :class:`~libra_fx.errors.DeviceMismatchError` when they are on another device.
+        TraceError: no capture worked; names the model class, op and ``file:line``.
+        UnbalancedError: ``strict=True`` and some op (or an in-place op through a view, or a
+            custom ``autograd.Function``) stays unbalanced.
+        ForwardMismatchError: the rewritten forward differs (a bug).
 
     Example:
         >>> import timm, libra_fx
@@ -142,24 +237,32 @@ def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[
     if is_transformed(model):
         return model
     name, timings = model_name(model), {}
-    selected = passes_pkg.select(passes)
+    selected = check_passes(passes)
     example = _as_tuple(example_inputs)
+    if example is not None:
+        check_inputs(model, example, name)
+    reference = model
+    if eval_mode and any(m.training for m in model.modules()):
+        if _mode_dependent(model):
+            _warn_training(name)
+        reference = eval_clone(model)  # shares the weights; the user's modules keep their flags
     with _timed(timings, "trace"):
-        gm = trace(model, example, leaf_types=leaf_types)
+        gm = trace(reference, example, leaf_types=leaf_types)
     if eval_mode:
-        if as_eval_graph(gm):
-            _warn_training(model, name)
+        as_eval_graph(gm)
+    align_state_dict(gm, model)
     traced = _copy_graph_module(gm)
     with _timed(timings, "rewrite"):
         rewrites = run_passes(gm, selected, inputs)
     with _timed(timings, "analyse"):
         facts = analyse(gm, inputs)
-        findings = [finding_record(facts, node) for node in unbalanced(facts)]
+        findings = [finding_record(facts, node) for node in unbalanced(facts)] + _capture_findings(gm)
     with _timed(timings, "recompile"):
         gm.recompile()
-    gm.libra_report = TransformReport(name, traced, rewrites, findings, [p.name for p in selected], timings)
+    preserve_attribute(gm, "libra_report",
+                       TransformReport(name, traced, rewrites, findings, [p.name for p in selected], timings))
     if verify and example is not None:
-        _verify_forward(model if not (model.training and eval_mode) else traced, gm, example, name)
+        _verify_forward(reference, gm, example, name)
     _report_unbalanced(gm.libra_report, strict)
     if compile:
         from .compile import compile as compile_module

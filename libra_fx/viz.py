@@ -39,6 +39,8 @@ class Row:
     label: str
     plain: np.ndarray
     libra: np.ndarray
+    plain_note: str = ""  # caption under the panel, e.g. the completeness error
+    libra_note: str = ""
 
 
 def figure_size_px(n_rows: int) -> tuple[int, int]:
@@ -115,8 +117,12 @@ def save_overlay(
     extent = (0, w, h, 0)  # stretch coarse (token-grid) maps over the full image
     mappable = None
     for r, row in enumerate(rows):
-        panels = [("image", None), (f"plain {method}", row.plain), (f"Libra {method}", row.libra)]
-        for c, (name, heatmap) in enumerate(panels):
+        panels = [
+            ("image", None, ""),
+            (f"plain {method}", row.plain, row.plain_note),
+            (f"Libra {method}", row.libra, row.libra_note),
+        ]
+        for c, (name, heatmap, note) in enumerate(panels):
             ax = fig.add_subplot(grid[r, c])
             ax.imshow(image, extent=extent)
             if heatmap is not None:
@@ -124,6 +130,9 @@ def save_overlay(
                     normalise(heatmap), cmap=CMAP, vmin=-1, vmax=1, alpha=ALPHA,
                     extent=extent, interpolation="bilinear",
                 )
+            if note:
+                ax.text(0.02, 0.02, note, transform=ax.transAxes, fontsize=7, va="bottom",
+                        bbox={"facecolor": "white", "alpha": 0.8, "pad": 1.5, "linewidth": 0})
             ax.set_xticks([])
             ax.set_yticks([])
             if r == 0:

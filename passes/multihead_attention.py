@@ -1,5 +1,4 @@
-"""``nn.MultiheadAttention`` (an FX leaf): its output gets the Jacobian of attention on ``const(q),
-const(k)``.
+"""``nn.MultiheadAttention`` (an FX leaf): ``softmax(QKᵀ/√d)·V·W_oᵀ  →  [softmax(QKᵀ/√d)]cst·V·W_oᵀ``.
 
 The module call stays, so the forward value is the module's own (fast path included); next to it a
 ``balanced_multihead_attention`` node recomputes the attention from ``const(query)``,

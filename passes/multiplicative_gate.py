@@ -16,14 +16,15 @@ from typing import Optional
 
 import torch.fx as fx
 
-from libra_fx.analysis import Facts, elementwise_of
+from libra_fx.analysis import Facts, elementwise_of, is_product
 
 from ._graph import Pass, detach_input, relevant_nodes
 
 
 def _unbalanced(facts: Facts, node: fx.Node) -> bool:
+    """Non-homogeneous (a gate candidate); an unscaled product is a factor, not a gate."""
     verdict = facts.verdicts.get(node)
-    return verdict is not None and not verdict.balanced
+    return verdict is not None and not verdict.balanced and not is_product(facts, node)
 
 
 def gate_factor(facts: Facts, node: fx.Node) -> Optional[fx.Node]:

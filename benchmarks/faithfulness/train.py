@@ -182,6 +182,9 @@ def _fit(model, cfg: TrainConfig, x, y, device, progress: bool) -> float:
                 tail.append(loss.item())
             if bar and (step % 10 == 0 or step == cfg.steps - 1):
                 bar.update(task, completed=step + 1, info=f"loss {loss.item():.3f}")
+                if not bar.console.is_terminal and step % 50 == 0:
+                    # rich draws nothing live when piped; leave a trace in logs instead.
+                    bar.console.print(f"{cfg.model} step {step}/{cfg.steps} loss {loss.item():.3f}")
     finally:
         if bar:
             bar.stop()

@@ -1,0 +1,662 @@
+"""``libra_fx.attribute``: gradient attribution methods on a (balanced or plain) traced graph (spec §5).
+
+Every gradient method is one registered function of a :class:`Context`; all of them share one
+forward-and-backward runner built on :func:`libra_fx.completeness.instrument`, so FullGrad, FullGrad+
+and the CAMs cost ONE forward and ONE ``torch.autograd.grad`` call whatever the number of blocks, and
+never a weight gradient. Switching ``libra=True``/``False`` swaps only the graph (the balanced one, or
+``gm.libra_report.traced``), so every comparison is one flag.
+
+Maps. Each method yields *pieces*: per-location attributions ``(B, h, w)`` at some resolution (the
+image's, the patch grid's, a CNN stage's). ``image_map`` is their sum resampled to the image as a
+*density* (a piece of ``h×w`` cells is upsampled and divided by the cells' area in pixels), so
+``image_map.sum((1, 2))`` approximates the spatial part of the attribution's total; ``token_scores``
+is the same sum on the patch grid for token models. Prefix tokens (CLS, registers, distillation) are
+dropped from maps; their share stays in ``bias_attr``/``score`` only.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional, Sequence, Union
+
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .analysis import Facts, analyse
+from .bias import bias_sites
+from .blocks import Block, find_blocks
+from .completeness import FullGradTerms, Target, fullgrad_terms, instrument, target_score
+from .errors import LibraError
+from .maps import pixel_scores
+from .opset import arg, op_name
+from .transform import is_transformed, transform
+
+Inputs = Union[torch.Tensor, Sequence[torch.Tensor]]
+
+
+@dataclass
+class Attribution:
+    """The result of :func:`attribute`.
+
+    Attributes:
+        input_attr: per input element attribution, shaped like the (first attributed) input;
+            ``None`` for methods that do not attribute the input itself (CAMs, FullGrad+, rollout).
+        token_scores: ``(B, N)`` per patch token for token models (prefix tokens dropped), else ``None``.
+        image_map: ``(B, H, W)`` map at the image resolution (a density: see the module docstring).
+        bias_attr: ``(B,)`` total bias×gradient for the FullGrad family, else ``None``.
+        score: ``(B,)`` the explained output f (a logit, or whatever ``target`` selects).
+        completeness_error: ``(B,)`` relative ``|f − Σ attributions| / |f|`` for complete methods
+            (FullGrad), else ``None``.
+        method: the method name.
+        libra: whether the balanced graph was used.
+        blocks: module paths of the blocks the method used (empty when it uses none).
+    """
+
+    input_attr: Optional[torch.Tensor]
+    token_scores: Optional[torch.Tensor]
+    image_map: Optional[torch.Tensor]
+    bias_attr: Optional[torch.Tensor]
+    score: torch.Tensor
+    completeness_error: Optional[torch.Tensor]
+    method: str
+    libra: bool
+    blocks: list[str] = field(default_factory=list)
+
+
+# --------------------------------------------------------------------------- geometry
+
+
+@dataclass
+class Geometry:
+    """How tensors in the graph map to image locations.
+
+    Attributes:
+        batch: B.
+        image_size: ``(H, W)`` of the image input, ``None`` when the input is not an image.
+        grid: ``(h, w)`` patch grid of token models (from the patch-embedding conv or given).
+        prefix: leading non-patch tokens (``None``: infer from each token count).
+        tokens: whether block inputs are token sequences (a token model); learnt on the first run.
+    """
+
+    batch: int
+    image_size: Optional[tuple[int, int]]
+    grid: Optional[tuple[int, int]] = None
+    prefix: Optional[int] = None
+    tokens: Optional[bool] = None
+
+    def token_prefix(self, tokens: int) -> Optional[int]:
+        """Prefix tokens in a sequence of ``tokens`` tokens, ``None`` when it is not the patch grid."""
+        if self.grid is None:
+            return None
+        extra = tokens - self.grid[0] * self.grid[1]
+        if self.prefix is not None:
+            return self.prefix if extra == self.prefix else None
+        return extra if 0 <= extra < tokens else None
+
+
+def _ratio_matches(h: int, w: int, image_size: Optional[tuple[int, int]]) -> bool:
+    if image_size is None:
+        return True
+    H, W = image_size
+    return h <= H and w <= W and math.isclose(h / w, H / W, rel_tol=0.25)
+
+
+def locations(value: torch.Tensor, geo: Geometry) -> Optional[tuple[torch.Tensor, tuple[int, int]]]:
+    """View an activation as ``(B, L, D)`` over a spatial grid of ``L = h·w`` locations.
+
+    Token sequences ``(B, T, D)`` (prefix dropped; also ``(T, B, D)`` and channel-major ``(B, D, N)``),
+    channels-first ``(B, C, h, w)`` and channels-last ``(B, h, w, C)`` maps are spatial; anything
+    else (pooled features, logits, attention-pool queries) is not, and gives ``None``.
+
+    Args:
+        value: an activation or attribution of the graph.
+        geo: the model's :class:`Geometry`.
+
+    Returns:
+        ``(tensor (B, L, D), (h, w))`` or ``None``.
+    """
+    B = geo.batch
+    if value.dim() == 3:
+        if value.shape[0] != B and value.shape[1] == B:
+            value = value.transpose(0, 1)  # sequence-first layout (nn.MultiheadAttention default)
+        if value.shape[0] != B or geo.grid is None:
+            return None
+        prefix = geo.token_prefix(value.shape[1])
+        if prefix is not None:
+            return value[:, prefix:], geo.grid
+        if value.shape[2] == geo.grid[0] * geo.grid[1]:  # (B, D, N): token-mixing MLPs
+            return value.transpose(1, 2), geo.grid
+        return None
+    if value.dim() == 4 and value.shape[0] == B:
+        _, a, b, c = value.shape
+        if _ratio_matches(b, c, geo.image_size):
+            return value.flatten(2).transpose(1, 2), (b, c)
+        if _ratio_matches(a, b, geo.image_size):
+            return value.flatten(1, 2), (a, b)
+    return None
+
+
+def spatial_sum(value: torch.Tensor, geo: Geometry) -> Optional[torch.Tensor]:
+    """``(B, h, w)`` per-location sum of an attribution tensor, ``None`` when it is not spatial."""
+    located = locations(value, geo)
+    if located is None:
+        return None
+    tensor, (h, w) = located
+    return tensor.sum(-1).reshape(tensor.shape[0], h, w)
+
+
+def resample(piece: torch.Tensor, size: tuple[int, int], mode: str = "bilinear") -> torch.Tensor:
+    """Resample a ``(B, h, w)`` attribution to ``size`` keeping its total (a density resampling).
+
+    Exact sum-pooling when ``size`` divides the piece; otherwise interpolation scaled by the cell-area
+    ratio, so totals are kept up to interpolation error.
+    """
+    h, w = piece.shape[-2:]
+    H, W = size
+    if (h, w) == (H, W):
+        return piece
+    if h % H == 0 and w % W == 0:
+        return piece.reshape(piece.shape[0], H, h // H, W, w // W).sum((2, 4))
+    align = None if mode in ("nearest", "area", "nearest-exact") else False
+    out = F.interpolate(piece.unsqueeze(1), size=(H, W), mode=mode, align_corners=align).squeeze(1)
+    return out * (h * w) / (H * W)
+
+
+# --------------------------------------------------------------------------- running the graph
+
+
+@dataclass
+class Context:
+    """Everything a method needs: the graph, its analysis, the inputs and the model geometry.
+
+    ``probes`` holds this call's instrumented (and maybe compiled) graphs so that integrated
+    gradients' chunks reuse one; it lives and dies with the call (no global cache).
+    """
+
+    gm: fx.GraphModule
+    facts: Facts
+    inputs: tuple
+    target: Optional[Target]
+    blocks: list[Block]
+    geo: Geometry
+    compiled: bool
+    options: dict
+    probes: dict = field(default_factory=dict)
+
+    def block_nodes(self, last_only: bool = False) -> list[fx.Node]:
+        if not self.blocks:
+            raise LibraError("this method needs block boundaries and none were found in the model; "
+                             "pass blocks=[module names] (e.g. ['layer1.0', 'layer1.1'])")
+        chosen = self.blocks[-1:] if last_only else self.blocks
+        return [b.input for b in chosen]
+
+    def geometry_taps(self) -> dict[str, fx.Node]:
+        """Nodes read only for their shapes: the first live convolution (a ViT's patch embedding,
+        a CNN's stem: gives the grid) and the first block input (token sequence or feature map)."""
+        patch = next((n for n in self.facts.relevant if self.facts.name(n) == "conv"), None)
+        taps = {"patch": patch, "block": self.blocks[0].input if self.blocks else None}
+        return {role: node for role, node in taps.items() if node is not None}
+
+
+def _learn_geometry(ctx: Context, values: dict[str, torch.Tensor]) -> None:
+    """Set the patch grid and whether block inputs are token sequences from the geometry taps."""
+    patch, block = values.get("patch"), values.get("block")
+    if ctx.geo.grid is None and patch is not None and patch.dim() == 4:
+        ctx.geo.grid = tuple(patch.shape[-2:])
+    if ctx.geo.tokens is None:
+        ctx.geo.tokens = block is not None and block.dim() == 3 and locations(block, ctx.geo) is not None
+
+
+def _probe(ctx: Context, bias: bool, taps: tuple) -> tuple[fx.GraphModule, list]:
+    key = (bias, taps)
+    if key not in ctx.probes:
+        sites = bias_sites(ctx.facts) if bias else []
+        probe = instrument(ctx.gm, sites, taps)
+        ctx.probes[key] = (torch.compile(probe) if ctx.compiled else probe, sites)
+    return ctx.probes[key]
+
+
+def run_graph(ctx: Context, inputs: tuple, target: Optional[Target], taps: Sequence[fx.Node] = (),
+              bias: bool = False, grad: bool = True, raw_grad: bool = False) -> FullGradTerms:
+    """One forward and (when ``grad``) one ``torch.autograd.grad`` of ``ctx.gm`` on ``inputs``.
+
+    With ``bias`` (and no compilation) this is :func:`libra_fx.completeness.fullgrad_terms`;
+    otherwise the same instrumented graph, possibly compiled and without bias outputs. Only the
+    gradients of the inputs, bias sites and taps are asked for, so autograd never computes a weight
+    gradient. The geometry taps are added here and consumed by :func:`_learn_geometry`.
+
+    Args:
+        ctx: the call's context.
+        inputs: positional inputs (floating ones are attributed).
+        target: see :func:`libra_fx.completeness.target_score`; ``None`` with ``grad=False`` only.
+        taps: nodes whose (value, gradient) to return.
+        bias: compute bias×gradient terms.
+        grad: run the backward.
+        raw_grad: ``input_attr`` holds ∇ₓf instead of x⊙∇ₓf.
+
+    Returns:
+        :class:`FullGradTerms` with ``taps`` for the requested nodes only.
+    """
+    extra = ctx.geometry_taps()
+    taps = tuple(taps) + tuple(extra.values())
+    if bias and grad and not ctx.compiled and not raw_grad:
+        terms = fullgrad_terms(ctx.gm, inputs, target, facts=ctx.facts, taps=taps)
+    else:
+        terms = _run_probe(ctx, inputs, target, taps, bias, grad, raw_grad)
+    cut = len(terms.taps) - len(extra)
+    _learn_geometry(ctx, {role: v for role, (v, _) in zip(extra, terms.taps[cut:])})
+    terms.taps = terms.taps[:cut]
+    return terms
+
+
+def _run_probe(ctx, inputs, target, taps, bias, grad, raw_grad) -> FullGradTerms:
+    probe, sites = _probe(ctx, bias, taps)
+    inputs = tuple(x.detach().requires_grad_(grad and x.is_floating_point()) for x in inputs)
+    attributed = [x for x in inputs if x.requires_grad]
+    with torch.set_grad_enabled(grad):
+        output, site_values, biases, tapped = probe(*inputs)
+        score = target_score(output, target) if target is not None else None
+        wanted = [*attributed, *site_values, *tapped]
+        grads = torch.autograd.grad(score.sum(), wanted, allow_unused=True) if grad else [None] * len(wanted)
+    n_in, n_sites = len(attributed), len(site_values)
+    zero = lambda g, like: g if g is not None else torch.zeros_like(like)
+    input_attr = [zero(g, x) if raw_grad else x.detach() * zero(g, x) for x, g in zip(attributed, grads)]
+    site_attr = [(zero(g, y) * b).detach() for g, y, b in zip(grads[n_in:n_in + n_sites], site_values, biases)]
+    score = score.detach() if score is not None else torch.full((ctx.geo.batch,), float("nan"))
+    bias_attr = sum((s.reshape(s.shape[0], -1).sum(1) for s in site_attr), torch.zeros_like(score))
+    # a tapped value may be None (an optional mask placeholder left at its default)
+    taps_out = [(v.detach() if isinstance(v, torch.Tensor) else v, g) for v, g in zip(tapped, grads[n_in + n_sites:])]
+    return FullGradTerms(score, input_attr, bias_attr, site_attr, sites, taps_out)
+
+
+# --------------------------------------------------------------------------- method registry
+
+
+@dataclass
+class Partial:
+    """What a method computes; :func:`attribute` turns it into an :class:`Attribution`."""
+
+    score: torch.Tensor
+    pieces: list[torch.Tensor] = field(default_factory=list)
+    input_attr: Optional[torch.Tensor] = None
+    bias_attr: Optional[torch.Tensor] = None
+    completeness_error: Optional[torch.Tensor] = None
+    token_scores: Optional[torch.Tensor] = None  # set directly by the attention baselines
+    blocks: list[str] = field(default_factory=list)
+
+
+#: method name -> function(ctx) -> Partial
+METHODS: dict[str, Callable[[Context], Partial]] = {}
+
+
+def register(name: str):
+    """Register an attribution method under ``name`` (used by :func:`attribute`)."""
+    def decorate(fn):
+        METHODS[name] = fn
+        return fn
+    return decorate
+
+
+def _input_piece(attr: torch.Tensor) -> list[torch.Tensor]:
+    return [pixel_scores(attr)] if attr.dim() == 4 else []
+
+
+def _site_pieces(ctx: Context, terms: FullGradTerms) -> list[torch.Tensor]:
+    pieces = (spatial_sum(a, ctx.geo) for a in terms.site_attr)
+    return [p for p in pieces if p is not None]
+
+
+def _first_input(inputs: tuple) -> torch.Tensor:
+    return next(t for t in inputs if t.is_floating_point())
+
+
+def _gradients(ctx: Context, inputs: tuple, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
+    """(∇ₓf of the first floating input, f) in one forward and one backward."""
+    terms = run_graph(ctx, inputs, target, raw_grad=True)
+    return terms.input_attr[0], terms.score
+
+
+@register("gradient")
+def gradient(ctx: Context) -> Partial:
+    """Plain gradient ∇ₓf; the map sums it over channels (signed)."""
+    grad, score = _gradients(ctx, ctx.inputs, ctx.target)
+    return Partial(score, _input_piece(grad), input_attr=grad)
+
+
+@register("input_x_gradient")
+def input_x_gradient(ctx: Context) -> Partial:
+    """Input×Gradient x⊙∇ₓf."""
+    grad, score = _gradients(ctx, ctx.inputs, ctx.target)
+    attr = _first_input(ctx.inputs).detach() * grad
+    return Partial(score, _input_piece(attr), input_attr=attr)
+
+
+def _expand_target(target: Target, repeats: int) -> Target:
+    if isinstance(target, torch.Tensor):
+        return target.repeat_interleave(repeats)
+    return target  # an int is shared; a callable must score each row on its own
+
+
+@register("integrated_gradients")
+def integrated_gradients(ctx: Context) -> Partial:
+    """Integrated Gradients: ``(x − x̄) ⊙ mean_k ∇f(x̄ + k/n·(x − x̄))``, k = 1..n (right Riemann sum).
+
+    Options: ``baseline`` (tensor or float, default 0), ``steps`` (50), ``internal_batch_size``
+    (rows per forward, default ``B·steps``: all at once). The first input is interpolated; further
+    inputs are passed unchanged to every chunk.
+    """
+    # the score pass at batch B first: it also learns the token geometry at the true batch size
+    score = run_graph(ctx, ctx.inputs, ctx.target, grad=False).score
+    steps = int(ctx.options.pop("steps", 50))
+    baseline = ctx.options.pop("baseline", None)
+    chunk = ctx.options.pop("internal_batch_size", None)
+    x = ctx.inputs[0].detach()
+    base = torch.zeros_like(x) if baseline is None else torch.as_tensor(baseline, dtype=x.dtype).expand_as(x)
+    alphas = torch.arange(1, steps + 1, dtype=x.dtype, device=x.device) / steps
+    # rows ordered (sample, step) so that a (B,) target repeats per sample
+    path = base.unsqueeze(1) + alphas.view(1, -1, *[1] * (x.dim() - 1)) * (x - base).unsqueeze(1)
+    path = path.reshape(-1, *x.shape[1:])
+    target = _expand_target(ctx.target, steps)
+    chunk = int(chunk or path.shape[0])
+    grads = []
+    for start in range(0, path.shape[0], chunk):
+        rows = slice(start, start + chunk)
+        part_target = target[rows] if isinstance(target, torch.Tensor) else target
+        grads.append(_gradients(ctx, (path[rows], *ctx.inputs[1:]), part_target)[0])
+    mean_grad = torch.cat(grads).reshape(x.shape[0], steps, *x.shape[1:]).mean(1)
+    attr = (x - base) * mean_grad
+    return Partial(score, _input_piece(attr), input_attr=attr)
+
+
+@register("fullgrad")
+def fullgrad(ctx: Context) -> Partial:
+    """FullGrad: x⊙∇ₓf plus every bias×gradient; bias maps are summed per location into the map."""
+    terms = run_graph(ctx, ctx.inputs, ctx.target, bias=True)
+    attr = terms.input_attr[0]
+    pieces = _input_piece(attr) + _site_pieces(ctx, terms)
+    return Partial(terms.score, pieces, input_attr=attr, bias_attr=terms.bias_attr,
+                   completeness_error=terms.completeness_error)
+
+
+def _block_terms(ctx: Context, last_only: bool = False) -> tuple[FullGradTerms, list[tuple]]:
+    """FullGrad terms plus (value, grad) of each block input as ``(B, L, D)`` located tensors."""
+    nodes = ctx.block_nodes(last_only)
+    terms = run_graph(ctx, ctx.inputs, ctx.target, taps=nodes, bias=True)
+    located = []
+    for value, grad in terms.taps:
+        grad = grad if grad is not None else torch.zeros_like(value)
+        lv, lg = locations(value, ctx.geo), locations(grad, ctx.geo)
+        if lv is None:
+            raise LibraError(f"block input of shape {tuple(value.shape)} is not a token sequence or a "
+                             "feature map; pass grid_size=/num_prefix_tokens= or other blocks=")
+        located.append((lv[0], lg[0], lv[1]))
+    return terms, located
+
+
+def _grid(cam: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    return cam.reshape(cam.shape[0], *size)
+
+
+def _blocks_used(ctx: Context, last_only: bool) -> list[str]:
+    return [b.name for b in (ctx.blocks[-1:] if last_only else ctx.blocks)]
+
+
+@register("fullgrad+")
+def fullgrad_plus(ctx: Context) -> Partial:
+    """FullGrad+: Σ over blocks of h_l⊙∇h_l at each block input, plus every bias×gradient."""
+    terms, located = _block_terms(ctx)
+    pieces = [_grid((h * g).sum(-1), size) for h, g, size in located] + _site_pieces(ctx, terms)
+    return Partial(terms.score, pieces, bias_attr=terms.bias_attr, blocks=_blocks_used(ctx, False))
+
+
+def _gradcam_weights(h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    return g.mean(1, keepdim=True)
+
+
+def _xgradcam_weights(h: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    magnitude = h.abs()
+    return (g * magnitude).sum(1, keepdim=True) / magnitude.sum(1, keepdim=True).clamp_min(1e-12)
+
+
+def _cam(ctx: Context, weights: Optional[Callable], last_only: bool) -> Partial:
+    """Σ_d w_d·h_d per location at block inputs (``weights=None``: HiResCAM's elementwise g⊙h)."""
+    terms, located = _block_terms(ctx, last_only)
+    pieces = []
+    for h, g, size in located:
+        w = g if weights is None else weights(h, g)
+        pieces.append(_grid((w * h).sum(-1), size))
+    return Partial(terms.score, pieces, blocks=_blocks_used(ctx, last_only))
+
+
+@register("gradcam")
+def gradcam(ctx: Context) -> Partial:
+    """GradCAM at the last block input: weights = token-mean of the gradient (no ReLU: signed)."""
+    return _cam(ctx, _gradcam_weights, last_only=True)
+
+
+@register("hirescam")
+def hirescam(ctx: Context) -> Partial:
+    """HiResCAM: h⊙∇h at the last block input, summed over the hidden dimension."""
+    return _cam(ctx, None, last_only=True)
+
+
+@register("gradcam+")
+def gradcam_plus(ctx: Context) -> Partial:
+    """GradCAM summed over every block input."""
+    return _cam(ctx, _gradcam_weights, last_only=False)
+
+
+@register("xgradcam+")
+def xgradcam_plus(ctx: Context) -> Partial:
+    """XGradCAM (weights Σ_t ∇h·|h| / Σ_t |h|) summed over every block input."""
+    return _cam(ctx, _xgradcam_weights, last_only=False)
+
+
+# --------------------------------------------------------------------------- attention baselines
+
+
+def _sdpa_weights(node: fx.Node, values: list[torch.Tensor], gm: fx.GraphModule) -> torch.Tensor:
+    """softmax(q kᵀ·scale + mask) of an sdpa call, from its tapped q, k (and mask)."""
+    q, k = values[0], values[1]
+    mask = values[2] if len(values) > 2 else None
+    scale = arg(node, "scale")
+    scale = scale if scale is not None else 1.0 / math.sqrt(q.shape[-1])
+    if k.shape[-3] != q.shape[-3]:  # grouped-query attention: repeat k heads
+        k = k.repeat_interleave(q.shape[-3] // k.shape[-3], dim=-3)
+    logits = q @ k.transpose(-2, -1) * scale
+    if arg(node, "is_causal", False) is True:
+        causal = torch.ones(logits.shape[-2:], dtype=torch.bool, device=logits.device).tril()
+        logits = logits.masked_fill(~causal, float("-inf"))
+    if mask is not None:
+        logits = logits.masked_fill(~mask, float("-inf")) if mask.dtype == torch.bool else logits + mask
+    return logits.softmax(-1)
+
+
+def _sdpa_taps(node: fx.Node) -> list[fx.Node]:
+    mask = arg(node, "attn_mask")
+    return [arg(node, "query"), arg(node, "key")] + ([mask] if isinstance(mask, fx.Node) else [])
+
+
+def _mha_taps(node: fx.Node) -> list[fx.Node]:
+    names = ("query", "key")
+    return [node.kwargs[n] if n in node.kwargs else node.args[i] for i, n in enumerate(names)]
+
+
+def _mha_weights(node: fx.Node, values: list[torch.Tensor], gm: fx.GraphModule) -> torch.Tensor:
+    """nn.MultiheadAttention weights: the module is asked for them on the tapped query and key."""
+    module = gm.get_submodule(node.target)
+    mask = node.kwargs.get("attn_mask")
+    if isinstance(mask, fx.Node):
+        raise LibraError("attention baselines: nn.MultiheadAttention with a graph-computed mask is not supported")
+    _, weights = module(values[0], values[1], values[1], need_weights=True, average_attn_weights=False,
+                        attn_mask=mask)
+    return weights
+
+
+#: op name -> (nodes to tap, function(node, tapped values, gm) -> (B, heads, Tq, Tk) attention)
+ATTENTION_READERS: dict[str, tuple[Callable, Callable]] = {
+    "softmax": (lambda node: [node], lambda node, values, gm: values[0]),
+    "sdpa": (_sdpa_taps, _sdpa_weights),
+    "multihead_attention": (_mha_taps, _mha_weights),
+}
+
+
+def attention_maps(ctx: Context) -> list[torch.Tensor]:
+    """Self-attention maps ``(B, heads, T, T)`` of every attention op, in graph order (one forward).
+
+    Softmax outputs are read as they are; sdpa and ``nn.MultiheadAttention`` weights are recomputed
+    from their tapped q and k. Non-square maps (attention pooling with a learned query) are skipped.
+    """
+    found = []
+    for node in ctx.gm.graph.nodes:
+        reader = ATTENTION_READERS.get(op_name(node, ctx.gm)) if node.op != "placeholder" else None
+        if reader is not None:
+            found.append((node, reader, reader[0](node)))
+    taps = [t for _, _, nodes in found for t in nodes]
+    terms = run_graph(ctx, ctx.inputs, ctx.target, taps=taps, grad=False)
+    values = [v for v, _ in terms.taps]
+    maps, at = [], 0
+    with torch.no_grad():
+        for node, (_, read), nodes in found:
+            attn = read(node, values[at:at + len(nodes)], ctx.gm)
+            at += len(nodes)
+            if attn.dim() == 4 and attn.shape[-1] == attn.shape[-2] and attn.shape[0] == ctx.geo.batch:
+                maps.append(attn)
+    ctx.options["_score"] = terms.score
+    if not maps:
+        raise LibraError("no self-attention found in the graph: attention baselines need softmax/sdpa/"
+                         "nn.MultiheadAttention attention")
+    tokens = maps[-1].shape[-1]
+    return [m for m in maps if m.shape[-1] == tokens]
+
+
+def _query_row(matrix: torch.Tensor, ctx: Context) -> torch.Tensor:
+    """The CLS row over patch columns (mean over query rows when there is no prefix token)."""
+    prefix = ctx.geo.token_prefix(matrix.shape[-1]) or 0
+    rows = matrix[:, 0] if prefix > 0 else matrix.mean(1)
+    return rows[:, prefix:]
+
+
+def _token_partial(ctx: Context, scores: torch.Tensor) -> Partial:
+    grid = ctx.geo.grid
+    pieces = [scores.reshape(scores.shape[0], *grid)] if grid and grid[0] * grid[1] == scores.shape[1] else []
+    return Partial(ctx.options.pop("_score"), pieces, token_scores=scores)
+
+
+@register("raw_attention")
+def raw_attention(ctx: Context) -> Partial:
+    """Last layer's attention, averaged over heads, CLS row (non-gradient baseline)."""
+    maps = attention_maps(ctx)
+    return _token_partial(ctx, _query_row(maps[-1].mean(1), ctx))
+
+
+@register("rollout")
+def rollout(ctx: Context) -> Partial:
+    """Attention rollout: Π_l normalise(0.5·mean_heads A_l + 0.5·I), CLS row (non-gradient baseline)."""
+    maps = attention_maps(ctx)
+    eye = torch.eye(maps[0].shape[-1], dtype=maps[0].dtype, device=maps[0].device)
+    joint = eye.expand_as(maps[0][:, 0]).clone()
+    for attn in maps:
+        mixed = 0.5 * attn.mean(1) + 0.5 * eye
+        joint = (mixed / mixed.sum(-1, keepdim=True)) @ joint
+    return _token_partial(ctx, _query_row(joint, ctx))
+
+
+# --------------------------------------------------------------------------- the entry point
+
+
+def _geometry(model: nn.Module, inputs: tuple, options: dict) -> Geometry:
+    x = next((t for t in inputs if isinstance(t, torch.Tensor) and t.is_floating_point()), None)
+    if x is None:
+        raise LibraError("attribute: no floating-point input tensor to attribute")
+    image_size = tuple(x.shape[-2:]) if x.dim() == 4 else None
+    grid = options.pop("grid_size", None)
+    grid = (grid, grid) if isinstance(grid, int) else (tuple(grid) if grid is not None else None)
+    prefix = options.pop("num_prefix_tokens", getattr(model, "num_prefix_tokens", None))
+    return Geometry(x.shape[0], image_size, grid, prefix if isinstance(prefix, int) else None)
+
+
+def _graph(model: nn.Module, inputs: tuple, libra: bool) -> fx.GraphModule:
+    """The balanced module (transformed now unless it already is) or its plain trace."""
+    gm = model if is_transformed(model) else transform(model, inputs, verify=False)
+    return gm if libra else gm.libra_report.traced
+
+
+def _token_scores(partial: Partial, geo: Geometry) -> Optional[torch.Tensor]:
+    if partial.token_scores is not None:
+        return partial.token_scores
+    if geo.grid is None or not geo.tokens or not partial.pieces:
+        return None
+    return sum(resample(p, geo.grid) for p in partial.pieces).flatten(1)
+
+
+def _image_map(partial: Partial, geo: Geometry, mode: str) -> Optional[torch.Tensor]:
+    if geo.image_size is None or not partial.pieces:
+        return None
+    return sum(resample(p, geo.image_size, mode) for p in partial.pieces)
+
+
+def attribute(model: nn.Module, inputs: Inputs, target: Target, method: str = "fullgrad+",
+              libra: bool = True, blocks: Optional[Sequence[str]] = None, compiled: bool = False,
+              **options: Any) -> Attribution:
+    """Attribute ``target`` to the input of ``model`` with ``method``, on the balanced or plain graph.
+
+    Args:
+        model: an ``nn.Module`` (transformed here, nothing is cached) or the output of
+            :func:`libra_fx.transform`.
+        inputs: the input tensor, or a tuple of positional inputs (the first floating one is the image).
+        target: an int class, a ``(B,)`` tensor of classes, or a callable ``output -> (B,)`` scores.
+        method: one of :data:`METHODS`: ``gradient``, ``input_x_gradient``, ``integrated_gradients``,
+            ``fullgrad``, ``fullgrad+``, ``gradcam``, ``hirescam``, ``gradcam+``, ``xgradcam+``,
+            ``rollout``, ``raw_attention``.
+        libra: use the balanced graph (``True``) or the plain trace of the same model (``False``).
+        blocks: module paths of the blocks (default: discovered from the model, see
+            :mod:`libra_fx.blocks`).
+        compiled: run the instrumented graph through ``torch.compile`` (pays off for large batches).
+        **options: ``steps``, ``baseline``, ``internal_batch_size`` (integrated gradients);
+            ``num_prefix_tokens``, ``grid_size`` (override the token layout); ``upsample``
+            (interpolation mode of ``image_map``, default ``"bilinear"``).
+
+    Returns:
+        :class:`Attribution`.
+
+    Raises:
+        LibraError: unknown method or option; no blocks for a block method; no attention for a
+            baseline.
+
+    Example:
+        >>> import timm, torch, libra_fx
+        >>> vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2).eval()
+        >>> result = libra_fx.attribute(vit, torch.randn(2, 3, 32, 32), target=3, method="fullgrad")
+        >>> result.image_map.shape, result.token_scores.shape
+        (torch.Size([2, 32, 32]), torch.Size([2, 16]))
+        >>> bool(result.completeness_error.max() < 1e-4)
+        True
+    """
+    if method not in METHODS:
+        raise LibraError(f"unknown attribution method {method!r}; choose from {sorted(METHODS)}")
+    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    options = dict(options)
+    mode = options.pop("upsample", "bilinear")
+    geo = _geometry(model, inputs, options)
+    gm = _graph(model, inputs, libra)
+    facts = analyse(gm)
+    found = find_blocks(facts, blocks)
+    ctx = Context(gm, facts, inputs, target, found, geo, compiled, options)
+    partial = METHODS[method](ctx)
+    unused = [k for k in ctx.options if not k.startswith("_")]
+    if unused:
+        raise LibraError(f"attribute: method {method!r} takes no option(s) {unused}")
+    return Attribution(
+        input_attr=partial.input_attr,
+        token_scores=_token_scores(partial, geo),
+        image_map=_image_map(partial, geo, mode),
+        bias_attr=partial.bias_attr,
+        score=partial.score,
+        completeness_error=partial.completeness_error,
+        method=method,
+        libra=libra,
+        blocks=partial.blocks,
+    )
