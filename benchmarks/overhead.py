@@ -7,6 +7,8 @@ For each model (random weights) and each mode (eager, compiled) it times, interl
 * ``plain attr`` — plain forward + input-gradient backward (``torch.autograd.grad`` w.r.t. the image,
   parameters frozen): what a plain gradient attribution costs;
 * ``libra attr`` — the same on ``libra_fx.transform(model)`` (``libra_fx.compile`` when compiled);
+* ``lowered attr``— eager only: ``libra attr`` after :func:`libra_fx.compile.lower` (value-only
+  attention backward), which ``libra_fx.compile`` applies anyway;
 * ``plain train``— plain forward + backward with every weight gradient (a training step's autograd).
 
 plus the ratios, the transform time (trace + passes, no forward check), the compile time (first
@@ -36,8 +38,9 @@ import torch
 import torch.nn as nn
 
 import libra_fx
+from libra_fx.compile import copy_graph_module, lower
 
-VARIANTS = ("fwd", "plain_attr", "libra_attr", "plain_train")
+VARIANTS = ("fwd", "plain_attr", "libra_attr", "lowered_attr", "plain_train")
 
 
 @dataclass(frozen=True)
@@ -84,6 +87,7 @@ class Result:
     transform_s: float = float("nan")
 
     def median(self, variant: str) -> float:
+        """Median seconds of ``variant`` (NaN when it was not run)."""
         values = self.times.get(variant)
         return statistics.median(values) if values else float("nan")
 
@@ -113,13 +117,18 @@ def score(output) -> torch.Tensor:
     return libra_fx.completeness.first_tensor(output)[:, 0].float()
 
 
-def make_runs(plain: nn.Module, libra: nn.Module, owner: nn.Module) -> dict[str, Callable]:
-    """The four timed callables, each taking the input batch.
+def make_runs(plain: nn.Module, libra: nn.Module, owner: nn.Module,
+              lowered: Optional[nn.Module] = None) -> dict[str, Callable]:
+    """The timed callables, each taking the input batch.
 
     Args:
         plain: the model (or its compiled form).
         libra: the transformed model (or its compiled form).
         owner: the module owning the shared parameters (to freeze/unfreeze them).
+        lowered: the transformed model after :func:`libra_fx.compile.lower` (eager only).
+
+    Returns:
+        ``{variant: run(x)}`` for the variants in :data:`VARIANTS` that apply.
     """
     def fwd(x):
         with torch.no_grad():
@@ -137,7 +146,10 @@ def make_runs(plain: nn.Module, libra: nn.Module, owner: nn.Module) -> dict[str,
             score(plain(x)).sum().backward()
         owner.zero_grad(set_to_none=True)
 
-    return {"fwd": fwd, "plain_attr": attr(plain), "libra_attr": attr(libra), "plain_train": train}
+    runs = {"fwd": fwd, "plain_attr": attr(plain), "libra_attr": attr(libra), "plain_train": train}
+    if lowered is not None:
+        runs["lowered_attr"] = attr(lowered)
+    return runs
 
 
 def _sync(device: torch.device) -> None:
@@ -196,7 +208,9 @@ def build(spec: Spec, device: torch.device, dtype: torch.dtype, batch: int):
 def bench_model(spec: Spec, args, device: torch.device, dtype: torch.dtype) -> list[Result]:
     """Eager (and compiled) results for one model; runs interleaved across variants and modes."""
     model, x, gm, transform_s = build(spec, device, dtype, args.batch)
-    modes = {"eager": make_runs(model, gm, model)}
+    lowered = copy_graph_module(gm)
+    lower(lowered)
+    modes = {"eager": make_runs(model, gm, model, lowered)}
     if args.compile:
         torch._dynamo.reset()
         # static shapes for both (fixed batch here): a fair plain-vs-libra comparison
@@ -210,22 +224,26 @@ def bench_model(spec: Spec, args, device: torch.device, dtype: torch.dtype) -> l
     for _ in range(args.reps):
         for variant in VARIANTS:
             for mode, runs in modes.items():
-                results[mode].times.setdefault(variant, []).append(timed(runs[variant], x))
+                if variant in runs:
+                    results[mode].times.setdefault(variant, []).append(timed(runs[variant], x))
     for mode, runs in modes.items():
         for variant in ("plain_attr", "libra_attr"):
             results[mode].memory[variant] = peak_memory(runs[variant], x, model)
     return list(results.values())
 
 
-COLUMNS = ("model", "mode", "fwd ms", "plain attr ms", "libra attr ms", "plain train ms",
-           "libra/plain attr", "libra/plain train", "libra attr/fwd", "mem plain MB", "mem libra MB",
+COLUMNS = ("model", "mode", "fwd ms", "plain attr ms", "libra attr ms", "lowered attr ms", "plain train ms",
+           "libra/plain attr", "lowered/plain attr", "libra/plain train", "libra attr/fwd", "mem plain MB", "mem libra MB",
            "transform s", "compile s (libra)")
 
 
 def row(r: Result) -> list[str]:
     ms = lambda v: f"{r.median(v) * 1e3:.0f}"
-    return [r.model, r.mode, ms("fwd"), ms("plain_attr"), ms("libra_attr"), ms("plain_train"),
-            f"{r.ratio('libra_attr', 'plain_attr'):.2f}", f"{r.ratio('libra_attr', 'plain_train'):.2f}",
+    lowered = r.mode == "eager"
+    return [r.model, r.mode, ms("fwd"), ms("plain_attr"), ms("libra_attr"),
+            ms("lowered_attr") if lowered else "(= libra)", ms("plain_train"),
+            f"{r.ratio('libra_attr', 'plain_attr'):.2f}",
+            f"{r.ratio('lowered_attr', 'plain_attr'):.2f}" if lowered else "", f"{r.ratio('libra_attr', 'plain_train'):.2f}",
             f"{r.ratio('libra_attr', 'fwd'):.2f}", f"{r.memory.get('plain_attr', float('nan')):.0f}",
             f"{r.memory.get('libra_attr', float('nan')):.0f}", f"{r.transform_s:.2f}",
             "" if r.mode == "eager" else f"{r.compile_s('libra_attr'):.0f}"]

@@ -7,6 +7,7 @@ module with bit-identical forward values.
 """
 from . import analysis, bias, functional, ops
 from .analysis import analyse
+from .attribution import METHODS, Attribution, attribute
 from .audit import AuditReport, audit
 from .completeness import completeness_error, fullgrad_terms, target_score
 from .errors import LibraError, TraceError, UnbalancedError
@@ -15,7 +16,7 @@ from .tracing import trace
 from .transform import is_transformed, transform
 
 __all__ = [
-    "transform", "trace", "audit", "AuditReport", "analyse", "completeness_error", "fullgrad_terms", "target_score",
+    "transform", "trace", "audit", "AuditReport", "attribute", "Attribution", "METHODS", "analyse", "completeness_error", "fullgrad_terms", "target_score",
     "const", "swap_backward", "scale_grad", "is_transformed", "LibraError", "TraceError",
     "UnbalancedError", "ops", "functional", "analysis", "bias",
 ]

@@ -213,8 +213,45 @@ def _probe(ctx: Context, bias: bool, taps: tuple) -> tuple[fx.GraphModule, list]
     key = (bias, taps)
     if key not in ctx.probes:
         sites = bias_sites(ctx.facts) if bias else []
-        probe = instrument(ctx.gm, sites, taps)
-        ctx.probes[key] = (torch.compile(probe) if ctx.compiled else probe, sites)
+        ctx.probes[key] = (instrument(ctx.gm, sites, taps), sites)
+    return ctx.probes[key]
+
+
+def with_gradient_inputs(probe: fx.GraphModule) -> tuple[fx.GraphModule, list[fx.Node]]:
+    """A copy of an instrumented graph where each returned site/tap value ``y`` is used as ``y + p``.
+
+    ``p`` is a new (keyword, default ``None``) input fed with zeros: ``∂f/∂p = ∂f/∂y``. Under
+    ``torch.compile`` the returned ``y`` is a separate output of the compiled function, detached from
+    the uses inside it, so asking autograd for ``∂f/∂y`` would give nothing; gradients w.r.t. inputs
+    survive compilation.
+
+    Returns:
+        ``(graph module, the probed nodes of the copy in order)``; the probe inputs are named
+        ``libra_probe_<i>`` after them.
+    """
+    graph = fx.Graph()
+    env: dict[fx.Node, fx.Node] = {}
+    graph.output(graph.graph_copy(probe.graph, env))
+    out = next(n for n in graph.nodes if n.op == "output").args[0]
+    probed = list(dict.fromkeys(n for group in (out[1], out[3]) for n in group if isinstance(n, fx.Node)))
+    last_placeholder = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    for index, node in enumerate(probed):
+        with graph.inserting_after(last_placeholder):
+            last_placeholder = graph.placeholder(f"libra_probe_{index}", default_value=None)
+        with graph.inserting_after(node):
+            shifted = graph.call_function(torch.add, (node, last_placeholder))
+        node.replace_all_uses_with(shifted, delete_user_cb=lambda u: u is not shifted and u.op != "output")
+    return fx.GraphModule(probe, graph, "Probed" + type(probe).__name__), probed
+
+
+def _compiled_probe(ctx: Context, bias: bool, taps: tuple):
+    key = ("compiled", bias, taps)
+    if key not in ctx.probes:
+        eager, sites = _probe(ctx, bias, taps)
+        probed, nodes = with_gradient_inputs(eager)
+        out = next(n for n in probed.graph.nodes if n.op == "output").args[0]
+        positions = [nodes.index(n) for n in (*out[1], *out[3])]
+        ctx.probes[key] = (eager, torch.compile(probed), len(nodes), positions, sites)
     return ctx.probes[key]
 
 
@@ -251,15 +288,41 @@ def run_graph(ctx: Context, inputs: tuple, target: Optional[Target], taps: Seque
     return terms
 
 
-def _run_probe(ctx, inputs, target, taps, bias, grad, raw_grad) -> FullGradTerms:
-    probe, sites = _probe(ctx, bias, taps)
-    inputs = tuple(x.detach().requires_grad_(grad and x.is_floating_point()) for x in inputs)
+def _compiled_pass(ctx, inputs, target, taps, bias):
+    """Forward + backward through the compiled graph, intermediate gradients via zero probe inputs.
+
+    One eager forward without gradient first gives the probe shapes (so compiled runs cost one extra
+    forward)."""
+    eager, compiled, count, positions, sites = _compiled_probe(ctx, bias, taps)
+    with torch.no_grad():
+        _, site_values, _, tapped = eager(*inputs)
+    values = [*site_values, *tapped]
+    probes = [None] * count
+    for value, at in zip(values, positions):
+        probes[at] = torch.zeros_like(value, requires_grad=True)
+    inputs = tuple(x.detach().requires_grad_(x.is_floating_point()) for x in inputs)
     attributed = [x for x in inputs if x.requires_grad]
-    with torch.set_grad_enabled(grad):
-        output, site_values, biases, tapped = probe(*inputs)
-        score = target_score(output, target) if target is not None else None
-        wanted = [*attributed, *site_values, *tapped]
-        grads = torch.autograd.grad(score.sum(), wanted, allow_unused=True) if grad else [None] * len(wanted)
+    with torch.enable_grad():
+        output, _, biases, _ = compiled(*inputs, **{f"libra_probe_{i}": p for i, p in enumerate(probes)})
+        score = target_score(output, target)
+        grads = torch.autograd.grad(score.sum(), [*attributed, *probes], allow_unused=True)
+    probe_grads = grads[len(attributed):]
+    return output, site_values, biases, tapped, score, [*grads[:len(attributed)], *(probe_grads[i] for i in positions)], sites, attributed
+
+
+def _run_probe(ctx, inputs, target, taps, bias, grad, raw_grad) -> FullGradTerms:
+    if ctx.compiled and grad:
+        output, site_values, biases, tapped, score, grads, sites, attributed = _compiled_pass(
+            ctx, inputs, target, taps, bias)
+    else:
+        probe, sites = _probe(ctx, bias, taps)
+        inputs = tuple(x.detach().requires_grad_(grad and x.is_floating_point()) for x in inputs)
+        attributed = [x for x in inputs if x.requires_grad]
+        with torch.set_grad_enabled(grad):
+            output, site_values, biases, tapped = probe(*inputs)
+            score = target_score(output, target) if target is not None else None
+            wanted = [*attributed, *site_values, *tapped]
+            grads = torch.autograd.grad(score.sum(), wanted, allow_unused=True) if grad else [None] * len(wanted)
     n_in, n_sites = len(attributed), len(site_values)
     zero = lambda g, like: g if g is not None else torch.zeros_like(like)
     input_attr = [zero(g, x) if raw_grad else x.detach() * zero(g, x) for x, g in zip(attributed, grads)]
@@ -565,6 +628,50 @@ def rollout(ctx: Context) -> Partial:
 
 
 # --------------------------------------------------------------------------- the entry point
+
+
+def hook_points(module: nn.Module, blocks: Optional[Sequence[str]] = None,
+                example_inputs: Any = None) -> tuple[fx.GraphModule, list[nn.Module]]:
+    """A copy of a transformed module with an ``nn.Identity`` at each block input, for hook-based tools.
+
+    Tracing inlines ``LayerNorm``, ``Linear``… into functional calls, so a transformed module calls
+    almost no submodules and hook-based libraries (pytorch-grad-cam's ``target_layers``, Captum's
+    layer methods) would never see an activation. This inserts one ``call_module`` identity per
+    block input; forward values and (balanced) gradients are unchanged.
+
+    Args:
+        module: a transformed module (a plain one is transformed first).
+        blocks: block module paths (default: discovered).
+        example_inputs: passed to :func:`libra_fx.transform` for a plain module (export fallback).
+
+    Returns:
+        ``(graph module, [identity per block])``; ``modules[-1]`` is the last block's input.
+
+    Example:
+        >>> from pytorch_grad_cam import GradCAM
+        >>> gm, points = hook_points(libra_fx.transform(vit))
+        >>> cam = GradCAM(gm, target_layers=[points[-1]], reshape_transform=vit_reshape)
+    """
+    gm = module if is_transformed(module) else transform(module, example_inputs, verify=False)
+    copy = fx.GraphModule(gm, copy_graph(gm.graph), type(gm).__name__)
+    copy.libra_report = gm.libra_report
+    found = find_blocks(analyse(copy), blocks)
+    points = []
+    for index, block in enumerate(found):
+        name = f"libra_hook_{index}"
+        copy.add_submodule(name, nn.Identity())
+        with copy.graph.inserting_after(block.input):
+            hook = copy.graph.call_module(name, (block.input,))
+        block.input.replace_all_uses_with(hook, delete_user_cb=lambda user: user is not hook)
+        points.append(copy.get_submodule(name))
+    copy.recompile()
+    return copy, points
+
+
+def copy_graph(graph: fx.Graph) -> fx.Graph:
+    new = fx.Graph()
+    new.output(new.graph_copy(graph, {}))
+    return new
 
 
 def _geometry(model: nn.Module, inputs: tuple, options: dict) -> Geometry:

@@ -146,9 +146,10 @@ def run_diff(args) -> int:
     import libra_fx
     from libra_fx import diff as gdiff
 
+    selected = _parse_passes(args.passes)  # before the model loads: typos fail fast
     loaded = _load(args)
     with _quiet():
-        gm = libra_fx.transform(loaded.model, (loaded.example_input(),), passes=_parse_passes(args.passes))
+        gm = libra_fx.transform(loaded.model, (loaded.example_input(),), passes=selected)
     report = gm.libra_report
     before, after = gdiff.render_graph(report.traced), gdiff.render_graph(gm)
     lines = gdiff.unified(before, after, context=args.context, name=loaded.name)
@@ -225,9 +226,10 @@ def run_audit(args) -> int:
     import libra_fx
     from libra_fx.diff import summarize_rewrites
 
+    selected = _parse_passes(args.passes)
     loaded = _load(args)
     with _quiet():
-        result = libra_fx.audit(loaded.model, (loaded.example_input(),), passes=_parse_passes(args.passes))
+        result = libra_fx.audit(loaded.model, (loaded.example_input(),), passes=selected)
     data = {
         "model": loaded.name,
         "input_size": list(loaded.input_size),
@@ -389,21 +391,27 @@ def _attribute_fn():
     return attribute
 
 
-def _maps(loaded, x, targets, method, libra, options):
+def _maps(loaded, balanced, batch, targets, method, libra):
     """Attribution of all targets of one image in one batched call.
+
+    Args:
+        balanced: ``libra_fx.transform`` of the model, shared by the plain (its ``traced``
+            graph) and the Libra attribution, so the model is captured once per run.
 
     Returns:
         ``(maps (T, H, W), notes)``: notes are per-row panel captions (completeness error).
     """
     import torch
 
-    batch = x.expand(len(targets), *x.shape[1:]).clone()
     if targets[0].index is None:
         target = loaded.target_fn
     else:
         target = torch.tensor([t.index for t in targets])
+    # The transformed GraphModule drops plain attributes of the model; pass the token layout on.
+    prefix = getattr(loaded.model, "num_prefix_tokens", None)
+    options = {"num_prefix_tokens": prefix} if isinstance(prefix, int) else {}
     with _quiet():
-        result = _attribute_fn()(loaded.model, batch, target, method=method, libra=libra, **options)
+        result = _attribute_fn()(balanced, batch, target, method=method, libra=libra, **options)
     if result.image_map is None:
         raise LibraError(f"method {method!r} gives no image map for {loaded.name}")
     ce = getattr(result, "completeness_error", None)
@@ -431,6 +439,7 @@ def run_explain(args) -> int:
     import torch
     from rich.progress import Progress
 
+    import libra_fx
     from libra_fx import viz
 
     images = collect_images(args.images)  # validate inputs before the (slow) model load
@@ -440,7 +449,7 @@ def run_explain(args) -> int:
         loaded = _load(args, prompts=args.prompt)
     if not loaded.pretrained:
         _note(RANDOM_WEIGHTS_NOTE.format(model=loaded.name))
-    out, used, written = Path(args.out), set(), []
+    out, used, written, balanced = Path(args.out), set(), [], {}
     weights = "checkpoint" if args.checkpoint else "pretrained" if args.pretrained else "random weights"
     # Bound to the real stderr object, so _quiet() around the attribution calls does not eat it.
     progress_console = _console(file=sys.stderr) if not sys.stderr.isatty() else _console(stderr=True)
@@ -452,8 +461,13 @@ def run_explain(args) -> int:
             with torch.no_grad():
                 logits = loaded.model(x)
             targets = _targets(args, loaded, logits)
-            plain, plain_notes = _maps(loaded, x, targets, args.method, False, {})
-            libra, libra_notes = _maps(loaded, x, targets, args.method, True, {})
+            batch = x.expand(len(targets), *x.shape[1:]).clone()
+            if len(targets) not in balanced:  # an export-captured graph may fix the batch size
+                with _quiet():
+                    balanced[len(targets)] = libra_fx.transform(loaded.model, (batch,))
+            gm = balanced[len(targets)]
+            plain, plain_notes = _maps(loaded, gm, batch, targets, args.method, False)
+            libra, libra_notes = _maps(loaded, gm, batch, targets, args.method, True)
             rows = [viz.Row(t.label, plain[i], libra[i], plain_notes[i], libra_notes[i])
                     for i, t in enumerate(targets)]
             title = f"{loaded.name} · {path.name} · {weights}"

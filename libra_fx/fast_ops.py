@@ -10,13 +10,13 @@ call) and writes the Libra backward by hand:
 op                      forward                                     backward (what is computed)
 =====================  ==========================================  ==================================
 gated activation        ``act(x)`` (the graph's own value)          ``g·gate(x)``
-LayerNorm               ``F.layer_norm``                            ``(g·γ − mean(g·γ))·rstd``, Σ g·x̂, Σ g
+LayerNorm               ``F.layer_norm`` (``native_layer_norm``)     ``(g·γ − mean(g·γ))·rstd``, Σ g·x̂, Σ g
 RMSNorm                 ``F.rms_norm``                              ``g·γ·s``, Σ g·x·s  (s = rsqrt(mean x²+ε))
 attention, value-only   ``F.scaled_dot_product_attention``          ``softmax(q·kᵀ·scale+mask)ᵀ·g`` only
 =====================  ==========================================  ==================================
 
-The gradients equal those of the ``swap_backward`` forms (up to float round-off: the statistics
-are recomputed with ``var_mean`` in the backward); ``tests/test_compile.py``
+The gradients equal those of the ``swap_backward`` forms (up to float round-off: ``rstd`` comes from
+the fused kernel, not from a second ``rsqrt(mean(...))``); ``tests/test_compile.py``
 checks this in eager mode and under ``torch.compile``. Weight and bias gradients are only computed
 when those tensors require grad (``ctx.needs_input_grad``).
 
@@ -31,7 +31,10 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["gated_activation", "layer_norm_const_std", "rms_norm_const_scale", "value_only_sdpa"]
+__all__ = ["FAST_GATES", "gated_activation", "layer_norm_const_std", "rms_norm_const_scale", "value_only_sdpa"]
+
+#: single-kernel gates where the spelled-out formula takes several (``ndtr(x) = ½(1+erf(x/√2))``).
+FAST_GATES = {"gelu": torch.special.ndtr, "silu": torch.sigmoid}
 
 
 def _opmath(x: torch.Tensor) -> torch.dtype:
@@ -87,25 +90,30 @@ class _LayerNormConstStd(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, normalized_shape, weight, bias, eps):
-        # F.layer_norm itself (not native_layer_norm, which would hand us rstd): autocast treats
-        # the two differently, and the value must be exactly the model's.
-        ctx.save_for_backward(x, weight)
         ctx.ndim, ctx.eps = len(normalized_shape), eps
-        return F.layer_norm(x, normalized_shape, weight, bias, eps)
+        if torch.is_autocast_enabled(x.device.type):
+            # autocast runs F.layer_norm in float32 but not native_layer_norm: call the former for
+            # the model's exact value, and recompute the statistics in the backward.
+            ctx.save_for_backward(x, weight, None, None)
+            return F.layer_norm(x, normalized_shape, weight, bias, eps)
+        # what F.layer_norm dispatches to (same values), and it hands us mean and rstd for free
+        out, mean, rstd = torch.native_layer_norm(x, normalized_shape, weight, bias, eps)
+        ctx.save_for_backward(x, weight, mean, rstd)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
+        x, weight, mean, rstd = ctx.saved_tensors
         dims = tuple(range(-ctx.ndim, 0))
         g = grad.to(_opmath(x))
-        # recomputing the statistics costs one read of x; saving them would cost memory instead
-        var, mean = torch.var_mean(x.to(g.dtype), dims, unbiased=False, keepdim=True)
-        rstd = torch.rsqrt(var + ctx.eps)
+        if rstd is None:
+            var, mean = torch.var_mean(x.to(g.dtype), dims, unbiased=False, keepdim=True)
+            rstd = torch.rsqrt(var + ctx.eps)
         gw = g if weight is None else g * weight.to(g.dtype)
         grad_x = grad_w = grad_b = None
         if ctx.needs_input_grad[0]:
             # d/dx of (x − mean(x))·rstd·γ with rstd constant: only the centring remains.
-            grad_x = ((gw - gw.mean(dims, keepdim=True)) * rstd).to(x.dtype)
+            grad_x = ((gw - gw.mean(dims, keepdim=True)).mul_(rstd)).to(x.dtype)
         if weight is not None and ctx.needs_input_grad[2]:
             x_hat = (x.to(g.dtype) - mean) * rstd
             grad_w = _leading_sum(g * x_hat, ctx.ndim).to(weight.dtype)

@@ -70,7 +70,7 @@ def balanced_activation(x: torch.Tensor, kind: str, value: Optional[torch.Tensor
     """
     out = ACTIVATIONS[kind](x) if value is None else value
     # same gradient as swap_backward(out, x * const(gate(x))), without computing x·gate(x) forward
-    return fast_ops.gated_activation(x, out, GATES[kind])
+    return fast_ops.gated_activation(x, out, fast_ops.FAST_GATES.get(kind, GATES[kind]))
 
 
 def _affine(y: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]) -> torch.Tensor:

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from .analysis import analyse, module_path, source_line, unbalanced
 from .errors import ForwardMismatchError, InputError, LibraWarning, UnbalancedError
-from .opset import arg, op_name
+from .opset import op_name
 from .report import Finding, TransformReport, finding_record, rewrite_record
 from .tracing import _as_tuple, eval_clone, flatten_value, model_name, preserve_attribute, trace
 from .validation import check_inputs, check_passes, shapes
@@ -69,8 +69,9 @@ def _copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
 def align_state_dict(gm: fx.GraphModule, model: nn.Module) -> None:
     """Give ``gm`` exactly ``model``'s state-dict keys, so that state dicts load both ways.
 
-    FX keeps only the tensors the graph uses and registers every buffer as persistent; this adds
-    the unused parameters and buffers (shared, not copied) and restores non-persistent flags.
+    FX keeps only the tensors the graph uses and registers every buffer, and every tensor constant
+    it lifted, as persistent; this adds the unused parameters and buffers (shared, not copied) and
+    marks the others non-persistent.
 
     Args:
         gm: the captured module (edited in place).
@@ -89,6 +90,12 @@ def align_state_dict(gm: fx.GraphModule, model: nn.Module) -> None:
         if hidden:
             owner = _ensure_submodule(gm, path)
             owner._non_persistent_buffers_set |= {b for b in hidden if b in owner._buffers}
+    # constants the tracer lifted into buffers (``_tensor_constant0``, ...) are not model state
+    persistent = set(model.state_dict())
+    for name, _ in list(gm.named_buffers()):
+        if name not in persistent:
+            owner_path, _, leaf = name.rpartition(".")
+            gm.get_submodule(owner_path)._non_persistent_buffers_set.add(leaf)
 
 
 def _ensure_submodule(root: nn.Module, path: str) -> nn.Module:

@@ -26,6 +26,8 @@ DEFAULT: tuple[str, ...] = tuple(REGISTRY)
 def select(names=None) -> list[Pass]:
     """Passes named by pass or group names, in registry order; all passes when ``names`` is None.
 
+    A :class:`Pass` object may be given too (a user's own rule); it runs after the registered ones.
+
     Example:
         >>> [p.name for p in select(["attention"])]
         ['sdpa_attention', 'softmax_attention', 'multihead_attention']
@@ -34,6 +36,8 @@ def select(names=None) -> list[Pass]:
         return list(REGISTRY.values())
     if isinstance(names, str):
         names = [names]
+    custom = [n for n in names if isinstance(n, Pass)]
+    names = [n for n in names if not isinstance(n, Pass)]
     wanted: set[str] = set()
     for name in names:
         if name in GROUPS:
@@ -43,7 +47,7 @@ def select(names=None) -> list[Pass]:
         else:
             known = ", ".join(sorted(set(REGISTRY) | set(GROUPS)))
             raise ValueError(f"unknown pass {name!r}; known passes and groups: {known}")
-    return [p for name, p in REGISTRY.items() if name in wanted]
+    return [p for name, p in REGISTRY.items() if name in wanted] + custom
 
 
 __all__ = ["REGISTRY", "GROUPS", "DEFAULT", "Pass", "select"]

@@ -74,6 +74,16 @@ def test_layer_norm_fast_equals_swap(affine):
         assert rel_err(a, r) <= RTOL
 
 
+def test_layer_norm_fast_under_autocast():
+    """Autocast runs ``F.layer_norm`` in float32: the fast op takes that path too (same value)."""
+    x, w, b = leaf(2, 5, 16), leaf(16), leaf(16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        fast, ref = balanced_layer_norm(x, (16,), w, b), swap_layer_norm(x, (16,), w, b)
+        assert torch.equal(fast, F.layer_norm(x, (16,), w, b))
+    for a, r in zip(grads(fast, (x, w, b)), grads(ref, (x, w, b))):
+        assert rel_err(a, r) <= RTOL
+
+
 def test_rms_norm_fast_equals_swap():
     x, w = leaf(2, 7, 12), leaf(12)
     fast, ref = balanced_rms_norm(x, (12,), w), swap_rms_norm(x, (12,), w)

@@ -41,11 +41,11 @@ def test_splits_and_step_seeds_are_independent():
 
 
 def test_shapes_dtypes_and_label_range():
-    x, y, m = make_batch(32, seed=0, num_classes=8)
-    assert x.shape == (32, 3, 64, 64) and x.dtype == torch.float32
-    assert y.shape == (32,) and y.dtype == torch.int64 and int(y.min()) >= 0 and int(y.max()) < 8
-    assert m.shape == (32, 64, 64) and m.dtype == torch.bool
-    raw = make_batch(32, seed=0, normalized=False)[0]
+    x, y, m = make_batch(16, seed=0, num_classes=8)
+    assert x.shape == (16, 3, 64, 64) and x.dtype == torch.float32
+    assert y.shape == (16,) and y.dtype == torch.int64 and int(y.min()) >= 0 and int(y.max()) < 8
+    assert m.shape == (16, 64, 64) and m.dtype == torch.bool
+    raw = make_batch(16, seed=0, normalized=False)[0]
     assert raw.min() >= 0 and raw.max() <= 1
     assert torch.allclose(denormalize(x), raw, atol=1e-5)
 
@@ -75,29 +75,33 @@ def test_no_distractor_is_a_class_object():
     # carries the label, so a correct classifier has to look at it.
     from benchmarks.faithfulness import data
 
-    layout, labels = data._sample_layout(data._rng(0, "train"), 200, 64, 8, 1, 5, data._default_radius(64))
+    layout, labels = data._sample_layout(
+        data._rng(0, "train"), 200, 64, 8, 1, 5, data._default_radius(64), colour_decoy_p=0.3
+    )
     n_col = 8 // len(CLASS_SHAPES)
     is_class = (layout.shape < len(CLASS_SHAPES)) & (layout.colour < n_col)
     assert is_class[:, 0].all() and layout.present[:, 0].all()
     assert not (is_class[:, 1:] & layout.present[:, 1:]).any()
     assert (layout.shape[:, 0] + len(CLASS_SHAPES) * layout.colour[:, 0] == labels[:, 0]).all()
-    # Both kinds of decoy occur.
+    # Both kinds of decoy occur when colour decoys are switched on.
     decoys = layout.present[:, 1:]
     assert ((layout.shape[:, 1:] >= len(CLASS_SHAPES)) & (layout.colour[:, 1:] < n_col) & decoys).any()
     assert ((layout.shape[:, 1:] < len(CLASS_SHAPES)) & decoys).any()
+    x, _, _ = make_batch(4, seed=0, colour_decoy_p=0.5)
+    assert x.shape == (4, 3, 64, 64)
 
 
 def test_dataset_prefix_property_and_item_format():
     small = SyntheticObjects(10, seed=5, split="val")
-    large = SyntheticObjects(300, seed=5, split="val")
+    large = SyntheticObjects(70, seed=5, split="val")  # spans two render chunks
     for i in (0, 9):
         xs, ys, ms = small[i]
         xl, yl, ml = large[i]
         assert torch.equal(xs, xl) and ys == yl and torch.equal(ms, ml)
-    x, y, m = large[299]
+    x, y, m = large[69]
     assert x.shape == (3, 64, 64) and isinstance(y, int) and m.dtype == torch.bool
     with pytest.raises(IndexError):
-        large[300]
+        large[70]
     xt, yt, mt = small.tensors()
     assert xt.shape == (10, 3, 64, 64) and torch.equal(xt[3], small[3][0])
 

@@ -5,7 +5,6 @@ from __future__ import annotations
 import collections
 import copy
 import dataclasses
-import io
 import threading
 import warnings
 from typing import Optional

@@ -1,9 +1,10 @@
 """Procedural image-classification data with ground-truth object masks.
 
 Every image holds exactly one *decisive* object whose (colour, shape) pair is a class, a handful
-of distractor objects and a cluttered, noisy background. Distractors share either the colour or
-the shape of some class but never both, so neither cue alone predicts the label: a classifier
-must localise the decisive object, and a faithful attribution map must point at it. The mask of
+of distractor objects and a cluttered, noisy background. Distractors may share the shape of a
+class (in a non-class colour) or, optionally (``colour_decoy_p``), the colour of a class (on a
+non-class shape), but never both, so only the decisive object carries the label: a classifier
+must localise it, and a faithful attribution map must point at it. The mask of
 that object is returned with each image, which is what the segmentation / deletion metrics of
 the faithfulness benchmark score against.
 
@@ -32,6 +33,7 @@ __all__ = [
     "DISTRACTOR_SHAPES",
     "PALETTE",
     "MEAN",
+    "DATA_VERSION",
     "STD",
     "class_names",
     "make_batch",
@@ -66,7 +68,9 @@ STD = (0.229, 0.224, 0.225)
 
 _SPLIT_IDS = {"train": 0, "val": 1, "test": 2, "two_object": 3}
 _MAX_CLASSES = len(CLASS_SHAPES) * (len(PALETTE) - 2)  # keep >= 2 colours for shape decoys
-_CHUNK = 256  # dataset items are rendered this many at a time; fixes per-index determinism
+# Bump whenever the generator's output changes: cached checkpoints record it and retrain.
+DATA_VERSION = 1
+_CHUNK = 64  # dataset items are rendered this many at a time; fixes per-index determinism
 
 
 @dataclass(frozen=True)
@@ -164,19 +168,24 @@ def _place(rng, placed: list, radius: float, size: int, tries: int = 48):
     return None if idx.size == 0 else cand[idx[0]]
 
 
-def _distractor_kind(rng, n_col: int) -> tuple[int, int]:
-    """A (shape, colour) that is never a class: a colour decoy or a shape decoy."""
+def _distractor_kind(rng, n_col: int, colour_decoy_p: float) -> tuple[int, int]:
+    """A (shape, colour) that is never a class.
+
+    Shape decoys (a class shape in a non-class colour) and neutral clutter are always on;
+    colour decoys (a class colour on a non-class shape) make the task a colour-shape
+    conjunction, which small models learn far more slowly, so they are opt-in.
+    """
     n_pal = len(_PALETTE_NAMES)
-    if rng.random() < 0.5:  # class colour (or any colour) on a non-class shape
+    if rng.random() < colour_decoy_p:
         shape = len(CLASS_SHAPES) + rng.integers(len(DISTRACTOR_SHAPES))
-        colour = rng.integers(n_pal)
-    else:  # class shape in a non-class colour
-        shape = rng.integers(len(CLASS_SHAPES))
+        colour = rng.integers(n_col)
+    else:  # any shape (class or not) in a non-class colour
+        shape = rng.integers(len(_ALL_SHAPES))
         colour = rng.integers(n_col, n_pal)
     return int(shape), int(colour)
 
 
-def _sample_layout(rng, n, size, num_classes, n_decisive, n_distractors, radius_range):
+def _sample_layout(rng, n, size, num_classes, n_decisive, n_distractors, radius_range, colour_decoy_p=0.0):
     """Sample object parameters; the first ``n_decisive`` slots hold the decisive objects."""
     n_col = _num_class_colours(num_classes)
     k = n_decisive + n_distractors
@@ -190,7 +199,7 @@ def _sample_layout(rng, n, size, num_classes, n_decisive, n_distractors, radius_
         cls = rng.choice(num_classes, size=n_decisive, replace=False)
         kinds = [(c % len(CLASS_SHAPES), c // len(CLASS_SHAPES)) for c in cls]
         n_extra = rng.integers(n_distractors // 2, n_distractors + 1)  # variable clutter
-        kinds += [_distractor_kind(rng, n_col) for _ in range(n_extra)]
+        kinds += [_distractor_kind(rng, n_col, colour_decoy_p) for _ in range(n_extra)]
         placed = []
         for j, (s, c) in enumerate(kinds):
             r = rng.uniform(*radius_range)
@@ -286,9 +295,12 @@ def _render(layout: _Layout, size: int, gen: torch.Generator) -> tuple[torch.Ten
     return images.clamp(0, 1), obj
 
 
-def _generate(n, seed, split, image_size, num_classes, n_decisive, n_distractors, radius_range):
+def _generate(n, seed, split, image_size, num_classes, n_decisive, n_distractors, colour_decoy_p):
     rng = _rng(seed, split)
-    layout, labels = _sample_layout(rng, n, image_size, num_classes, n_decisive, n_distractors, radius_range)
+    radius_range = _default_radius(image_size)
+    layout, labels = _sample_layout(
+        rng, n, image_size, num_classes, n_decisive, n_distractors, radius_range, colour_decoy_p
+    )
     gen = torch.Generator().manual_seed(int(rng.integers(2**62)))
     images, obj = _render(layout, image_size, gen)
     masks = obj[:, None] == torch.arange(1, n_decisive + 1).view(1, -1, 1, 1)
@@ -296,8 +308,8 @@ def _generate(n, seed, split, image_size, num_classes, n_decisive, n_distractors
 
 
 def _default_radius(image_size: int) -> tuple[float, float]:
-    # Objects of ~11-17 px at 64 px: 2-3 patches of 8 px across, so shape needs token mixing.
-    return (image_size * 5.5 / 64, image_size * 8.5 / 64)
+    # Objects of ~12-18 px at 64 px: 2-3 patches of 8 px across, so shape needs token mixing.
+    return (image_size * 6.0 / 64, image_size * 9.0 / 64)
 
 
 def make_batch(
@@ -308,6 +320,7 @@ def make_batch(
     split: str = "train",
     n_distractors: int = 5,
     normalized: bool = True,
+    colour_decoy_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Generate a batch of single-decisive-object images.
 
@@ -319,6 +332,8 @@ def make_batch(
         split: "train", "val" or "test"; the same seed gives independent data per split.
         n_distractors: maximum number of distractors (between half of it and it are drawn).
         normalized: return ImageNet-normalised images (model input) instead of [0, 1] RGB.
+        colour_decoy_p: probability that a distractor is a class colour on a non-class shape
+            (harder: neither colour nor shape alone then finds the decisive object).
 
     Returns:
         ``(images (n,3,H,W) float32, labels (n,) int64, masks (n,H,W) bool)``.
@@ -328,9 +343,7 @@ def make_batch(
         >>> x.shape, y.shape, m.shape
         (torch.Size([4, 3, 64, 64]), torch.Size([4]), torch.Size([4, 64, 64]))
     """
-    images, labels, masks = _generate(
-        n, seed, split, image_size, num_classes, 1, n_distractors, _default_radius(image_size)
-    )
+    images, labels, masks = _generate(n, seed, split, image_size, num_classes, 1, n_distractors, colour_decoy_p)
     return (normalize(images) if normalized else images), labels[:, 0], masks[:, 0]
 
 
@@ -341,6 +354,7 @@ def two_object_images(
     num_classes: int = 8,
     n_distractors: int = 3,
     normalized: bool = True,
+    colour_decoy_p: float = 0.0,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Images holding two decisive objects of different classes (class-discrimination figure).
 
@@ -351,6 +365,7 @@ def two_object_images(
         num_classes: as in :func:`make_batch`.
         n_distractors: maximum number of distractors besides the two decisive objects.
         normalized: return normalised images instead of [0, 1] RGB.
+        colour_decoy_p: as in :func:`make_batch`.
 
     Returns:
         ``(images (n,3,H,W), labels (n,2) int64 distinct per row, masks (n,2,H,W) bool disjoint)``.
@@ -360,16 +375,14 @@ def two_object_images(
         >>> bool((y[:, 0] != y[:, 1]).all()), bool((m[:, 0] & m[:, 1]).any())
         (True, False)
     """
-    images, labels, masks = _generate(
-        n, seed, "two_object", image_size, num_classes, 2, n_distractors, _default_radius(image_size)
-    )
+    images, labels, masks = _generate(n, seed, "two_object", image_size, num_classes, 2, n_distractors, colour_decoy_p)
     return (normalize(images) if normalized else images), labels, masks
 
 
 class SyntheticObjects(Dataset):
     """Fixed-size, seed-deterministic dataset of ``(image, label, mask)`` triples.
 
-    Items are rendered lazily in chunks of 256 and kept (as uint8 images), so building a large
+    Items are rendered lazily in chunks of 64 and kept (as uint8 images), so building a large
     dataset is instant and item ``i`` depends only on ``(seed, split, i)``: a smaller dataset
     with the same seed is a prefix of a larger one.
 
@@ -381,6 +394,7 @@ class SyntheticObjects(Dataset):
         split: "train", "val" or "test".
         n_distractors: maximum number of distractor objects per image.
         normalized: return normalised images (default) or [0, 1] RGB.
+        colour_decoy_p: as in :func:`make_batch`.
 
     Returns:
         ``ds[i]`` is ``(image (3,H,W) float32, label int, mask (H,W) bool)``.
@@ -401,6 +415,7 @@ class SyntheticObjects(Dataset):
         split: str = "train",
         n_distractors: int = 5,
         normalized: bool = True,
+        colour_decoy_p: float = 0.0,
     ):
         _num_class_colours(num_classes)  # validate early
         if split not in ("train", "val", "test"):
@@ -408,6 +423,7 @@ class SyntheticObjects(Dataset):
         self.num_samples, self.seed, self.split = num_samples, seed, split
         self.image_size, self.num_classes = image_size, num_classes
         self.n_distractors, self.normalized = n_distractors, normalized
+        self.colour_decoy_p = colour_decoy_p
         self.classes = class_names(num_classes)
         self._chunks: dict[int, tuple[torch.Tensor, torch.Tensor, torch.Tensor]] = {}
 
@@ -418,7 +434,7 @@ class SyntheticObjects(Dataset):
         if c not in self._chunks:
             x, y, m = make_batch(
                 _CHUNK, (self.seed, c), self.image_size, self.num_classes, self.split,
-                self.n_distractors, normalized=False,
+                self.n_distractors, normalized=False, colour_decoy_p=self.colour_decoy_p,
             )
             # uint8 storage: 4x less memory; quantisation is far below the noise level.
             self._chunks[c] = ((x * 255).round().to(torch.uint8), y, m)

@@ -25,7 +25,7 @@ from timm.models.vision_transformer import VisionTransformer
 __all__ = ["MODEL_FACTORIES", "build_model", "vit", "eva02", "mixer", "siglip", "count_parameters"]
 
 # Shared by all transformers; width and depth are the main knobs of CPU training cost.
-_EMBED_DIM = 128
+_EMBED_DIM = 96
 _DEPTH = 4
 _HEADS = 4
 

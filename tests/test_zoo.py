@@ -1,0 +1,60 @@
+"""Generic coverage: libra_fx on a zoo of architectures beyond the paper's families.
+
+For every entry of :data:`benchmarks.zoo.ZOO` (small random-weight models, float64 so the check is
+about the maths, not round-off): the forward is bit-identical, FullGrad is complete with every bias
+term (eval BatchNorm's implied bias included), and the original model is untouched (state and its
+own input gradient). Where an op cannot be balanced, the audit must name it and ``strict=True``
+must raise — never a silent pass.
+"""
+from __future__ import annotations
+
+import warnings
+
+import pytest
+import torch
+
+import libra_fx
+from benchmarks.zoo import ZOO, Entry, check
+from libra_fx.errors import UnbalancedError
+
+TOLERANCE = 1e-4
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _strict_raises(entry: Entry) -> bool:
+    model, x = entry.build()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            libra_fx.transform(model, (x,), strict=True, **entry.transform_kwargs)
+        except UnbalancedError:
+            return True
+    return False
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", ZOO, ids=[e.name for e in ZOO])
+def test_zoo(entry: Entry):
+    result = check(entry)
+    assert result.forward_equal, f"{entry.name}: forward not bit-identical"
+    assert result.untouched, f"{entry.name}: the original model changed"
+    reported = {f.op for f in result.unbalanced}
+    if entry.expect_unbalanced:
+        assert set(entry.expect_unbalanced) <= reported, f"{entry.name}: audit did not name {entry.expect_unbalanced}"
+        assert _strict_raises(entry), f"{entry.name}: strict=True did not raise"
+        return
+    assert not reported, f"{entry.name}: left unbalanced: {[str(f) for f in result.unbalanced]}"
+    assert result.ce_before > 1e-3, f"{entry.name}: plain gradient already complete: the check is vacuous"
+    assert result.ce_after <= TOLERANCE, f"{entry.name}: completeness error {result.ce_after:.2e}"
+
+
+def test_zoo_size():
+    balanced = [e for e in ZOO if not e.expect_unbalanced]
+    assert len(ZOO) >= 24 and len(balanced) >= 20
