@@ -10,7 +10,7 @@ python3 -c "import torch, timm; print('torch', torch.__version__, 'timm', timm._
 start=$(date +%s)
 for seed in 0 1 2; do
   for model in vit eva02 mixer siglip; do
-    timeout "${TRAIN_TIMEOUT:-240}" python3 -m benchmarks.faithfulness.train --model "$model" --seed "$seed" \
+    timeout "${TRAIN_TIMEOUT:-210}" python3 -m benchmarks.faithfulness.train --model "$model" --seed "$seed" \
       --device cuda > "/tmp/train_${model}_${seed}.log" 2>&1 &
   done
 done
@@ -19,10 +19,10 @@ echo "training wall time: $(( $(date +%s) - start )) s"
 grep -h "test acc" /tmp/train_*.log > "$OUT/train_summary.txt"; cat "$OUT/train_summary.txt"
 for f in /tmp/train_*.log; do grep -q "test acc" "$f" || { echo "== $f"; tail -5 "$f"; }; done
 tar czf "$OUT/cache.tgz" benchmarks/cache
-timeout 120 python3 benchmarks/overhead.py --device cuda --dtype bfloat16 --reps 7 --no-compile \
+timeout 100 python3 benchmarks/overhead.py --device cuda --dtype bfloat16 --reps 7 --no-compile \
   --markdown "$OUT/overhead_cuda_bf16_eager.md"
-timeout 200 python3 benchmarks/overhead.py --device cuda --dtype bfloat16 --reps 7 --models vit_b16 eva02_tiny \
+timeout 160 python3 benchmarks/overhead.py --device cuda --dtype bfloat16 --reps 7 --models vit_b16 eva02_tiny \
   --markdown "$OUT/overhead_cuda_bf16_compiled.md"
-timeout 90 python3 benchmarks/overhead.py --device cuda --dtype float32 --reps 7 --models vit_b16 \
+timeout 80 python3 benchmarks/overhead.py --device cuda --dtype float32 --reps 7 --models vit_b16 \
   --markdown "$OUT/overhead_cuda_fp32_compiled.md"
 echo "total: $(( $(date +%s) - start )) s"
