@@ -145,7 +145,9 @@ def _same_output(expected: Any, actual: Any) -> bool:
 
 
 def _verify_forward(model: nn.Module, gm: fx.GraphModule, inputs: tuple, name: str) -> None:
-    with torch.no_grad():
+    # grad mode on, as in attribution: under no_grad some modules take other kernels
+    # (nn.MultiheadAttention's fast path), which would compare two different computations
+    with torch.enable_grad():
         try:
             expected = model(*_fresh(inputs))
         except Exception as exc:  # the inputs are wrong for the model itself: say so in one line

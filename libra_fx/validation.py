@@ -41,13 +41,14 @@ def check_passes(names: Any) -> list:
     import passes as passes_pkg  # the pass registry lives outside the package
 
     if names is not None and not isinstance(names, str):
-        if not isinstance(names, (list, tuple, set, frozenset)) or not all(isinstance(n, str) for n in names):
-            raise UnknownPassError(f"passes must be None, a name or a list of names, not {names!r}")
+        if not isinstance(names, (list, tuple, set, frozenset)) or not all(
+                isinstance(n, (str, passes_pkg.Pass)) for n in names):
+            raise UnknownPassError(f"passes must be None, a name or a list of names or Pass objects, not {names!r}")
     try:
         return passes_pkg.select(names)
     except ValueError as exc:
         known = sorted(set(passes_pkg.REGISTRY) | set(passes_pkg.GROUPS))
-        bad = next(n for n in ([names] if isinstance(names, str) else names) if n not in known)
+        bad = next(n for n in ([names] if isinstance(names, str) else names) if isinstance(n, str) and n not in known)
         raise UnknownPassError(f"unknown pass {bad!r}{_suggest(bad, known)}; known passes and groups: "
                                f"{', '.join(known)}") from None
 

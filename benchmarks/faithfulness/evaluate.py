@@ -79,7 +79,8 @@ def _variants(model):
 
 
 def _score(model, images, labels, masks, kwargs) -> dict:
-    result = libra_fx.attribute(inputs=images, target=labels, steps=16, **kwargs)
+    options = {"steps": 16} if kwargs["method"] == "integrated_gradients" else {}
+    result = libra_fx.attribute(inputs=images, target=labels, **kwargs, **options)
     maps = result.image_map
     curves = mif_lif(model, images, patch_scores(maps, PATCH), PATCH, labels=labels, batch_size=256)
     ce = result.completeness_error
