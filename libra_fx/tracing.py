@@ -33,6 +33,7 @@ from typing import Any, Iterable, Optional, Sequence
 import torch
 import torch.fx as fx
 import torch.nn as nn
+import torch.nn.functional as F
 
 from . import functional as LF
 from . import ops as LO
@@ -85,6 +86,15 @@ for _dunder, _function in _INPLACE_DUNDERS.items():
     setattr(LibraProxy, _dunder, _inplace_dunder(_function))
 
 
+def _batch_norm_forward(module: nn.modules.batchnorm._BatchNorm):
+    """BatchNorm's forward without ``_check_input_dim`` (``x.dim()`` on a proxy cannot branch)."""
+    def forward(x):
+        batch_statistics = module.training or module.running_mean is None
+        return F.batch_norm(x, module.running_mean, module.running_var, module.weight, module.bias,
+                            batch_statistics, module.momentum or 0.0, module.eps)
+    return forward
+
+
 class LibraTracer(fx.Tracer):
     """A tracer that goes through every module except the ones it cannot or must not enter.
 
@@ -115,6 +125,8 @@ class LibraTracer(fx.Tracer):
     failed_leaf: Optional[type] = None
 
     def call_module(self, m, forward, args, kwargs):
+        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not self.is_leaf_module(m, ""):
+            forward = _batch_norm_forward(m)
         entered = self.enter_timm_leaves and isinstance(m, self.leaf_types) and not self.is_leaf_module(m, "")
         try:
             return super().call_module(m, forward, args, kwargs)

@@ -14,7 +14,7 @@ import torch.nn as nn
 
 from .analysis import analyse, module_path, source_line, unbalanced
 from .errors import ForwardMismatchError, InputError, LibraWarning, UnbalancedError
-from .opset import op_name
+from .opset import arg, op_name
 from .report import Finding, TransformReport, finding_record, rewrite_record
 from .tracing import _as_tuple, eval_clone, flatten_value, model_name, preserve_attribute, trace
 from .validation import check_inputs, check_passes, shapes
@@ -34,6 +34,11 @@ def is_transformed(module: Any) -> bool:
     return isinstance(getattr(module, "libra_report", None), TransformReport)
 
 
+def _standardises_weights(node: fx.Node, gm: fx.GraphModule) -> bool:
+    """``F.batch_norm(w, None, None, training=True)``: weight standardisation, not a BatchNorm layer."""
+    return op_name(node, gm) == "batch_norm" and arg(node, "running_mean") is None
+
+
 def as_eval_graph(gm: fx.GraphModule) -> int:
     """Set ``training=False`` on dropout and batch-norm calls: the eval graph of a train-mode model.
 
@@ -42,7 +47,7 @@ def as_eval_graph(gm: fx.GraphModule) -> int:
     changed = 0
     for node in gm.graph.nodes:
         spec = _TRAINING_ARGS.get(op_name(node, gm)) if node.op == "call_function" else None
-        if spec is None:
+        if spec is None or _standardises_weights(node, gm):
             continue
         name, position = spec
         if name in node.kwargs and node.kwargs[name] is not False:

@@ -274,9 +274,10 @@ def check(spec: Spec, tolerance: float = 1e-8) -> Optional[str]:
         gm = libra_fx.transform(model, (x,))
     if gm.libra_report.unbalanced:
         return "unbalanced: " + "; ".join(map(str, gm.libra_report.unbalanced))
-    with torch.no_grad():
-        if not torch.equal(gm(x), model(x)):
-            return "forward differs"
+    # grad mode on: under no_grad eager nn.MultiheadAttention takes its fused fast path, which an
+    # export-captured graph cannot reproduce bit for bit (documented limit); attribution runs with grad.
+    if not torch.equal(gm(x).detach(), model(x).detach()):
+        return "forward differs"
     terms = fullgrad_terms(gm, (x,), 0)
     error = (terms.score - terms.total).abs().max().item()
     if error > tolerance * (1 + terms.score.abs().max().item()):
