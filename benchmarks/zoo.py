@@ -220,7 +220,6 @@ def llama() -> tuple[nn.Module, torch.Tensor]:
 # ----------------------------------------------------------------------------------------------
 # the zoo
 
-_OPAQUE = "timm not-traceable leaf kept whole ({}): the audit reports it"
 
 _SMALL_VIT = dict(depth=2, embed_dim=32, num_heads=2)
 
@@ -253,8 +252,9 @@ ZOO: tuple[Entry, ...] = (
           "pooling mixer + attention, BN"),
     Entry("poolformer_s12", timm_model("poolformer_s12", 32), "pooling token mixer, GroupNorm(1)"),
     Entry("convit_tiny", timm_model("convit_tiny", 32, img_size=32, depth=2, local_up_to_layer=1),
-          "gated positional self-attention", expect_unbalanced=("module:GPSA",),
-          note=_OPAQUE.format("GPSA rebuilds its position indices when N changes")),
+          "gated positional self-attention",
+          note="GPSA rebuilds its position indices when N changes: kept whole by symbolic tracing, "
+               "captured by torch.export instead"),
     Entry("convnextv2_atto", timm_model("convnextv2_atto", 32), "GRN, LayerNorm2d"),
     Entry("resnetv2_50x1_bit", timm_model("resnetv2_50x1_bit", 32), "GroupNorm, weight-standardised conv",
           transform_kwargs=_KEEP_BN_MODE, note=_WS_NOTE),
@@ -266,15 +266,16 @@ ZOO: tuple[Entry, ...] = (
     Entry("hiera_tiny_224", timm_model("hiera_tiny_224", 64, wrap=True, img_size=64),
           "hierarchical mask-unit attention", note="wrapped so the optional mask is not a graph input"),
     Entry("twins_svt_small", timm_model("twins_svt_small", 32, img_size=32, depths=(1, 1, 1, 1)),
-          "locally-grouped + global sub-sampled attention", expect_unbalanced=("module:LocallyGroupedAttn",),
-          note=_OPAQUE.format("LocallyGroupedAttn pads by an amount computed from the traced size")),
+          "locally-grouped + global sub-sampled attention",
+          note="LocallyGroupedAttn pads by an amount computed from the traced size: kept whole by "
+               "symbolic tracing, captured by torch.export instead"),
     Entry("twins_pcpvt_small", timm_model("twins_pcpvt_small", 32, img_size=32, depths=(1, 1, 1, 1)),
           "conditional position encoding, spatial-reduction attention"),
     Entry("tiny_vit_5m_224", timm_model("tiny_vit_5m_224", 224), "window attention, conv MBConv",
           note="fixed 224 px resolution"),
     Entry("mobilevitv2_050", timm_model("mobilevitv2_050", 64), "separable (linear) self-attention",
-          expect_unbalanced=("module:MobileVitV2Block",),
-          note=_OPAQUE.format("MobileVitV2Block calls math.ceil on the traced height")),
+          note="MobileVitV2Block calls math.ceil on the traced height: symbolic tracing keeps it whole, "
+               "so the torch.export capture (which enters it) is used"),
     Entry("deit_tiny_distilled_patch16_224", timm_model(
         "deit_tiny_distilled_patch16_224", 32, img_size=32, depth=2), "distillation token"),
     Entry("torchvision_vit_b_16", torchvision_vit, "nn.MultiheadAttention, torchvision"),

@@ -86,6 +86,9 @@ for _dunder, _function in _INPLACE_DUNDERS.items():
     setattr(LibraProxy, _dunder, _inplace_dunder(_function))
 
 
+_PLAIN_BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)  # subclasses (BatchNormAct2d) add ops
+
+
 def _batch_norm_forward(module: nn.modules.batchnorm._BatchNorm):
     """BatchNorm's forward without ``_check_input_dim`` (``x.dim()`` on a proxy cannot branch)."""
     def forward(x):
@@ -125,7 +128,7 @@ class LibraTracer(fx.Tracer):
     failed_leaf: Optional[type] = None
 
     def call_module(self, m, forward, args, kwargs):
-        if isinstance(m, nn.modules.batchnorm._BatchNorm) and not self.is_leaf_module(m, ""):
+        if type(m) in _PLAIN_BATCH_NORMS and not self.is_leaf_module(m, ""):
             forward = _batch_norm_forward(m)
         entered = self.enter_timm_leaves and isinstance(m, self.leaf_types) and not self.is_leaf_module(m, "")
         try:
@@ -628,7 +631,9 @@ def trace_entering_leaves(model: nn.Module, leaf_types: Sequence[type], tries: i
 def _symbolic(model: nn.Module, leaf_types: Sequence[type]) -> fx.GraphModule:
     with _watch_autograd_functions([]):
         tracer, graph = trace_entering_leaves(model, leaf_types)
-    return fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
+    gm.meta["libra_kept_leaves"] = [cls.__name__ for cls in tracer.kept_timm_leaves]
+    return gm
 
 
 def _exported(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
@@ -695,11 +700,21 @@ def trace(model: nn.Module, example_inputs: Any = None, *, leaf_types: Iterable[
     return gm
 
 
+def _prefer_export(model: nn.Module, symbolic: fx.GraphModule, inputs: Optional[tuple]) -> fx.GraphModule:
+    """Leaves kept whole are opaque to the passes: an export capture, which enters them, is better."""
+    if inputs is None:
+        return symbolic
+    try:
+        return _exported(model, inputs)
+    except Exception:  # the symbolic graph stays, its opaque leaves reported by the audit
+        return symbolic
+
+
 def _capture(model: nn.Module, inputs: Optional[tuple], leaf_types: tuple) -> fx.GraphModule:
     try:
         gm = _symbolic(model, leaf_types)
         gm.meta["libra_capture"] = "symbolic_trace"
-        return gm
+        return _prefer_export(model, gm, inputs) if gm.meta["libra_kept_leaves"] else gm
     except Exception as exc:  # any tracing failure: try the fallback, then report the first cause
         first = exc
     if inputs is None:
