@@ -1,4 +1,4 @@
-"""Measure the zoo and write ``docs/zoo.md``: ``python -m benchmarks.zoo_table [--out docs/zoo.md]``.
+"""Measure the zoo and write ``benchmarks/results/zoo.md``: ``python -m benchmarks.zoo_table [--out benchmarks/results/zoo.md]``.
 
 For every :data:`benchmarks.zoo.ZOO` entry (random weights, float64, the zoo's small inputs): how
 it was captured, the nodes each pass rewrote, FullGrad completeness error (relative, max over the
@@ -58,7 +58,7 @@ def render(rows: list[str]) -> str:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--out", default="docs/zoo.md")
+    parser.add_argument("--out", default="benchmarks/results/zoo.md")
     parser.add_argument("--only", nargs="*", help="entry names (default: all)")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
