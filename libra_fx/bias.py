@@ -56,7 +56,7 @@ def _cat_bias(y, live_mask: tuple, dim: int, *members):
 
 def _mha_bias(y, in_proj_bias, out_proj_weight, out_proj_bias):
     """Attention rows sum to 1, so V's bias reaches the output as ``W_o·b_v`` on every token."""
-    total = torch.zeros_like(y[..., 0:1]).new_zeros(y.shape[-1])
+    total = y.new_zeros(y.shape[-1])
     if in_proj_bias is not None:
         b_v = in_proj_bias[2 * y.shape[-1]:]
         total = total + out_proj_weight @ b_v

@@ -112,8 +112,11 @@ def _ensure_submodule(root: nn.Module, path: str) -> nn.Module:
     return module
 
 
-def run_passes(gm: fx.GraphModule, selected: Sequence, inputs: Optional[Iterable[str]] = None) -> list:
-    """Apply each pass once, in order, re-analysing the graph before each; returns the rewrites."""
+#: a later pass can enable an earlier one (tanh linearised after the gate pass saw it unbalanced)
+MAX_ROUNDS = 3
+
+
+def _run_round(gm: fx.GraphModule, selected: Sequence, inputs: Optional[Iterable[str]]) -> list:
     rewrites = []
     for rewrite_pass in selected:
         facts = analyse(gm, inputs)
@@ -121,6 +124,18 @@ def run_passes(gm: fx.GraphModule, selected: Sequence, inputs: Optional[Iterable
             rewrites.append(rewrite_record(rewrite_pass.name, facts, node))
             rewrite_pass.rewrite(facts, node)
         gm.graph.lint()
+    return rewrites
+
+
+def run_passes(gm: fx.GraphModule, selected: Sequence, inputs: Optional[Iterable[str]] = None) -> list:
+    """Apply the passes in order, re-analysing before each, until a round rewrites nothing or
+    nothing is left unbalanced (at most ``MAX_ROUNDS``); returns the rewrites."""
+    rewrites = []
+    for _ in range(MAX_ROUNDS):
+        made = _run_round(gm, selected, inputs)
+        rewrites += made
+        if not made or not unbalanced(analyse(gm, inputs)):
+            break
     return rewrites
 
 

@@ -5,7 +5,8 @@ activation pass), GLU-style MLPs, MambaOut's gated conv ``act(g)·cat(i, conv(c)
 homogeneous of degree k, so its Jacobian applied to the factors gives k·p. Scaling the backward by
 1/k (``libra_fx.ops.scale_grad``) restores completeness (the paper's proposition on products).
 Nested products (``a*b*c``) are one tree with k leaves; the scale sits on the outermost product.
-Products whose factor is a softmax weighting are attention and are left to the attention passes.
+Products whose factor is a softmax weighting are attention and are left to the attention passes;
+products with a factor not yet balanced wait for the pass that balances it (passes repeat).
 """
 from __future__ import annotations
 
@@ -31,7 +32,14 @@ def _unscaled_root(facts: Facts, node: fx.Node) -> bool:
         return False
     verdict = facts.verdicts.get(node)
     leaves = product_leaves(facts, node)
-    return verdict is not None and not verdict.balanced and not any(_from_softmax(facts, f) for f in leaves)
+    return (verdict is not None and not verdict.balanced and all(_balanced(facts, f) for f in leaves)
+            and not any(_from_softmax(facts, f) for f in leaves))
+
+
+def _balanced(facts: Facts, factor: fx.Node) -> bool:
+    """The 1/k rule needs FullGrad-complete factors; an unbalanced one is a gate for another pass."""
+    verdict = facts.verdicts.get(factor)
+    return verdict is None or verdict.balanced
 
 
 def match(facts: Facts):

@@ -46,3 +46,14 @@ def test_regressions(spec: Spec):
 def test_random_architectures(spec: Spec):
     problem = check(spec)
     assert problem is None, f"{spec}: {problem}"
+
+
+def test_fuzz_counterexample_tanh_then_hand_rms_norm():
+    """Fuzz (500 examples, seed 17): the gate pass ran before tanh was linearised, so the
+    hand-written RMSNorm's rsqrt stayed unbalanced; passes now repeat until nothing changes."""
+    spec = Spec(blocks=(BlockSpec(kind="rms_norm", option="hand", residual=True, causal=False),
+                        BlockSpec(kind="layer_norm", option="", residual=False, causal=False),
+                        BlockSpec(kind="act", option="tanh", residual=False, causal=False),
+                        BlockSpec(kind="rms_norm", option="hand", residual=False, causal=False)),
+                pos_embed=False, cls_token=False, pool="mean", seed=17)
+    assert check(spec) is None
