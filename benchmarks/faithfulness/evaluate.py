@@ -101,7 +101,7 @@ def evaluate_model(name: str, seed: int, n_images: int, progress: Progress, task
         except libra_fx.LibraError:  # rollout on a model without attention (MLP-Mixer)
             rows[variant] = dict.fromkeys(("mif", "lif", "srg", "ap", "ce"))
         progress.advance(task)
-    return {"accuracy": metrics.get("test_accuracy", metrics.get("accuracy")), "rows": rows}
+    return {"accuracy": metrics["test_acc"], "rows": rows}
 
 
 def _aggregate(per_seed: list[dict]) -> dict:
