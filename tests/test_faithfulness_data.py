@@ -137,3 +137,15 @@ def test_one_training_step_gives_finite_loss():
     assert math.isfinite(metrics["train_loss"])
     assert 0.0 <= metrics["test_acc"] <= 1.0
     assert not model.training
+
+
+def test_faithfulness_pipeline_smoke(tmp_path):
+    """The whole benchmark on tiny data: one training step, four images, one model and seed."""
+    from benchmarks.faithfulness.evaluate import main
+
+    main(["--models", "vit", "--seeds", "0", "--images", "4", "--steps", "1",
+          "--cache-dir", str(tmp_path / "cache"), "--out", str(tmp_path / "results")])
+    table = (tmp_path / "results" / "faithfulness.md").read_text()
+    assert "fullgrad+ (Libra)" in table and "AttnLRP-style IxG" in table
+    for picture in ("faithfulness_srg.png", "class_discrimination.png"):
+        assert (tmp_path / "results" / picture).stat().st_size > 1000

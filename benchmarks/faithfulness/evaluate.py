@@ -89,8 +89,8 @@ def _score(model, images, labels, masks, kwargs) -> dict:
             "ce": None if ce is None else float(ce.abs().median())}
 
 
-def evaluate_model(name: str, seed: int, n_images: int, progress: Progress, task) -> dict:
-    model, metrics = load_or_train(name, seed=seed)
+def evaluate_model(name: str, seed: int, n_images: int, progress: Progress, task, **train_kwargs) -> dict:
+    model, metrics = load_or_train(name, seed=seed, **train_kwargs)
     images, labels, masks = make_batch(n_images, seed=10_000, split="test")
     with torch.no_grad():
         predicted = model(images).argmax(1)
@@ -154,13 +154,13 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def discrimination_figure(name: str, seed: int, path: Path, n: int = 4) -> None:
+def discrimination_figure(name: str, seed: int, path: Path, n: int = 4, **train_kwargs) -> None:
     """Plain vs Libra FullGrad+ for each of the two objects' classes in two-object images."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     from .data import denormalize
-    model, _ = load_or_train(name, seed=seed)
+    model, _ = load_or_train(name, seed=seed, **train_kwargs)
     images, labels, masks = two_object_images(n, seed=20_000)
     balanced = libra_fx.transform(model)
     fig, axes = plt.subplots(n, 5, figsize=(12, 2.5 * n), squeeze=False)
@@ -186,6 +186,8 @@ def main(argv=None) -> None:
     parser.add_argument("--images", type=int, default=128)
     parser.add_argument("--quick", action="store_true", help="one seed of ViT, 32 images")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the cached budget)")
+    parser.add_argument("--cache-dir", default=None, help="checkpoint cache (default benchmarks/cache)")
     args = parser.parse_args(argv)
     if args.quick:
         args.models, args.seeds, args.images = ["vit"], [0], 32
@@ -193,16 +195,17 @@ def main(argv=None) -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     n_variants = 2 * len(GRADIENT_METHODS) + 2
+    train_kwargs = {"steps": args.steps, **({"cache_dir": args.cache_dir} if args.cache_dir else {})}
     results, start = {}, time.time()
     with Progress() as progress:
         task = progress.add_task("faithfulness", total=len(args.models) * len(args.seeds) * n_variants)
         for name in args.models:
-            runs = [evaluate_model(name, seed, args.images, progress, task) for seed in args.seeds]
+            runs = [evaluate_model(name, seed, args.images, progress, task, **train_kwargs) for seed in args.seeds]
             results[name] = {"seeds": len(runs), "accuracy": [r["accuracy"] for r in runs], "table": _aggregate(runs)}
             (out / "faithfulness.md").write_text(markdown(results))  # per model: a crash keeps the rest
             (out / "faithfulness.json").write_text(json.dumps(results, indent=1))
     plot(results, out / "faithfulness_srg.png")
-    discrimination_figure(args.models[0], args.seeds[0], out / "class_discrimination.png")
+    discrimination_figure(args.models[0], args.seeds[0], out / "class_discrimination.png", **train_kwargs)
     Console().print(markdown(results))
     Console().print(f"done in {time.time() - start:.0f} s → {out}")
 
