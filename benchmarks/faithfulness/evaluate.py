@@ -169,7 +169,8 @@ def discrimination_figure(name: str, seed: int, path: Path, n: int = 4, **train_
         axes[row][0].set_title(f"classes {labels[row, 0].item()} / {labels[row, 1].item()}", fontsize=8)
         for col, (obj, libra) in enumerate([(0, False), (0, True), (1, False), (1, True)], start=1):
             result = libra_fx.attribute(balanced, images[row:row + 1], int(labels[row, obj]), "fullgrad+", libra=libra)
-            axes[row][col].imshow(result.image_map[0], cmap="bwr")
+            limit = float(result.image_map[0].abs().max()) or 1.0  # white = 0: sign stays readable
+            axes[row][col].imshow(result.image_map[0], cmap="bwr", vmin=-limit, vmax=limit)
             axes[row][col].contour(masks[row, obj].float(), levels=[0.5], colors="k", linewidths=0.8)
             axes[row][col].set_title(f"class {labels[row, obj].item()} {'Libra' if libra else 'plain'}", fontsize=8)
     for ax in axes.flat:
