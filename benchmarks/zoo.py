@@ -7,12 +7,11 @@ and — where balance is impossible — an audit that names the op and a ``stric
 """
 from __future__ import annotations
 
-import copy
 import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Callable, Optional
+from typing import Callable
 
 import torch
 import torch.nn as nn

@@ -9,6 +9,7 @@ from . import analysis, bias, functional, ops
 from .analysis import analyse
 from .attribution import METHODS, Attribution, attribute
 from .audit import AuditReport, audit
+from .compile import compile
 from .completeness import completeness_error, fullgrad_terms, target_score
 from .errors import LibraError, TraceError, UnbalancedError
 from .ops import const, scale_grad, swap_backward
@@ -16,9 +17,8 @@ from .tracing import trace
 from .transform import is_transformed, transform
 
 __all__ = [
-    "transform", "trace", "audit", "AuditReport", "attribute", "Attribution", "METHODS", "analyse", "completeness_error", "fullgrad_terms", "target_score",
+    "transform", "compile", "trace", "audit", "AuditReport", "attribute", "Attribution", "METHODS", "analyse", "completeness_error", "fullgrad_terms", "target_score",
     "const", "swap_backward", "scale_grad", "is_transformed", "LibraError", "TraceError",
     "UnbalancedError", "ops", "functional", "analysis", "bias",
 ]
 __version__ = "0.1.0"
-from .compile import compile  # noqa: E402  (libra_fx.compile: torch.compile of a transformed module)

@@ -32,7 +32,6 @@ from typing import Any, Optional
 
 import torch
 import torch.fx as fx
-import torch.nn.functional as F
 
 from .fast_ops import value_only_sdpa
 from .ops import const

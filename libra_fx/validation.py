@@ -46,7 +46,7 @@ def check_passes(names: Any) -> list:
             raise UnknownPassError(f"passes must be None, a name or a list of names or Pass objects, not {names!r}")
     try:
         return passes_pkg.select(names)
-    except ValueError as exc:
+    except ValueError:
         known = sorted(set(passes_pkg.REGISTRY) | set(passes_pkg.GROUPS))
         bad = next(n for n in ([names] if isinstance(names, str) else names) if isinstance(n, str) and n not in known)
         raise UnknownPassError(f"unknown pass {bad!r}{_suggest(bad, known)}; known passes and groups: "

@@ -5,7 +5,6 @@ from __future__ import annotations
 import warnings
 
 import pytest
-import timm
 import torch
 import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -14,32 +13,11 @@ import libra_fx
 from libra_fx.attribution import METHODS, attribute
 from libra_fx.blocks import discover_block_names
 
+from .conftest import random_timm
+
 warnings.filterwarnings("ignore", message=".*unbalanced.*")
 
 TOKEN_METHODS = sorted(METHODS)
-
-
-def _timm(name: str, dtype=torch.float32, **kwargs) -> nn.Module:
-    torch.manual_seed(0)
-    model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval().to(dtype)
-    # timm zero-initialises classifier heads: every gradient would be 0
-    torch.nn.init.normal_(model.get_classifier().weight, std=0.02)
-    return model
-
-
-@pytest.fixture(scope="module")
-def vit():
-    return _timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2)
-
-
-@pytest.fixture(scope="module")
-def balanced_vit(vit):
-    return libra_fx.transform(vit)
-
-
-@pytest.fixture(scope="module")
-def image():
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
 
 
 # --------------------------------------------------------------------------- shapes
@@ -143,7 +121,7 @@ ZOO = [
 
 @pytest.mark.parametrize("name,kwargs,size,batch", ZOO, ids=[z[0] for z in ZOO])
 def test_libra_fullgrad_is_complete(name, kwargs, size, batch):
-    model = _timm(name, torch.float64, **kwargs)
+    model = random_timm(name, torch.float64, **kwargs)
     x = torch.randn(batch, 3, size, size, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
     balanced = libra_fx.transform(model)
     libra = attribute(balanced, x, 3, method="fullgrad")
@@ -187,7 +165,7 @@ class ConvCounter(TorchDispatchMode):
 
 
 def test_one_forward_one_backward_on_12_blocks():
-    model = _timm("vit_tiny_patch16_224", img_size=32, patch_size=8)  # 12 blocks
+    model = random_timm("vit_tiny_patch16_224", img_size=32, patch_size=8)  # 12 blocks
     balanced = libra_fx.transform(model)
     x = torch.randn(2, 3, 32, 32)
     for method in ("fullgrad+", "xgradcam+"):
@@ -204,7 +182,7 @@ def test_one_forward_one_backward_on_12_blocks():
 def test_rollout_reads_sdpa_and_softmax_alike(vit, image):
     """The fused (sdpa) graph and the explicit softmax graph give the same attention maps."""
     fused = {m: attribute(vit, image, 0, method=m).token_scores for m in ("rollout", "raw_attention")}
-    explicit = _timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2)
+    explicit = random_timm("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2)
     for block in explicit.blocks:
         block.attn.fused_attn = False
     for method, scores in fused.items():
@@ -224,7 +202,7 @@ def test_explicit_blocks(balanced_vit, image):
 
 def test_cnn_feature_maps(image):
     """Block inputs of a CNN are (B, C, h, w) maps: channels summed, upsampled; no token scores."""
-    model = _timm("mambaout_femto", depths=(1, 1, 1, 1))
+    model = random_timm("mambaout_femto", depths=(1, 1, 1, 1))
     result = attribute(model, image[:1], 0, method="gradcam+")
     assert result.token_scores is None and result.image_map.shape == (1, 32, 32)
     assert result.blocks == ["stages.0.blocks.0", "stages.1.blocks.0", "stages.2.blocks.0", "stages.3.blocks.0"]

@@ -13,7 +13,6 @@ import timm
 import torch
 import torch.nn.functional as F
 
-import libra_fx
 from libra_fx.attribution import attribute, hook_points
 
 captum_attr = pytest.importorskip("captum.attr")
@@ -23,37 +22,18 @@ from pytorch_grad_cam.utils.model_targets import ClassifierOutputTarget  # noqa:
 warnings.filterwarnings("ignore", message=".*unbalanced.*")
 
 
-@pytest.fixture(scope="module")
-def vit():
-    torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, img_size=32,
-                              patch_size=8, depth=2).eval()
-    torch.nn.init.normal_(model.get_classifier().weight, std=0.02)
-    return model
-
-
-@pytest.fixture(scope="module")
-def balanced(vit):
-    return libra_fx.transform(vit)
-
-
-@pytest.fixture(scope="module")
-def image():
-    return torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(3))
-
-
-def test_captum_input_x_gradient_matches(balanced, image):
+def test_captum_input_x_gradient_matches(balanced_vit, image):
     target = torch.tensor([1, 4])
-    theirs = captum_attr.InputXGradient(balanced).attribute(image, target=target)
-    ours = attribute(balanced, image, target, method="input_x_gradient")
+    theirs = captum_attr.InputXGradient(balanced_vit).attribute(image, target=target)
+    ours = attribute(balanced_vit, image, target, method="input_x_gradient")
     torch.testing.assert_close(theirs, ours.input_attr)
 
 
-def test_captum_integrated_gradients_matches(balanced, image):
+def test_captum_integrated_gradients_matches(balanced_vit, image):
     # Captum's right Riemann sum is the rule attribute() uses
-    ig = captum_attr.IntegratedGradients(balanced)
+    ig = captum_attr.IntegratedGradients(balanced_vit)
     theirs = ig.attribute(image, target=2, n_steps=8, method="riemann_right", internal_batch_size=8)
-    ours = attribute(balanced, image, 2, method="integrated_gradients", steps=8)
+    ours = attribute(balanced_vit, image, 2, method="integrated_gradients", steps=8)
     torch.testing.assert_close(theirs, ours.input_attr, rtol=1e-4, atol=1e-6)
 
 
@@ -83,12 +63,12 @@ def test_gradcam_on_the_plain_vit(vit, image):
     assert maps.shape == (2, 32, 32)
 
 
-def test_gradcam_on_the_balanced_vit_equals_attribute(balanced, image):
-    hooked, points = hook_points(balanced)
-    assert torch.equal(hooked(image), balanced(image))
+def test_gradcam_on_the_balanced_vit_equals_attribute(balanced_vit, image):
+    hooked, points = hook_points(balanced_vit)
+    assert torch.equal(hooked(image), balanced_vit(image))
     with grad_cam.GradCAM(hooked, target_layers=[points[-1]], reshape_transform=_vit_reshape) as cam:
         theirs = torch.from_numpy(cam(input_tensor=image, targets=[ClassifierOutputTarget(0)] * 2))
-    ours = attribute(balanced, image, 0, method="gradcam").token_scores.reshape(2, 4, 4)
+    ours = attribute(balanced_vit, image, 0, method="gradcam").token_scores.reshape(2, 4, 4)
     torch.testing.assert_close(theirs, _ours_as_gradcam_image(ours, 32), rtol=1e-3, atol=1e-4)
 
 

@@ -25,7 +25,6 @@ from rich.console import Console
 from rich.progress import Progress
 
 import libra_fx
-import passes
 from libra_fx.analysis import Facts, is_product, product_leaves, product_root
 from libra_fx.maps import patch_scores
 from libra_fx.metrics import average_precision, mif_lif
