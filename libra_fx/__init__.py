@@ -17,8 +17,9 @@ from .tracing import trace
 from .transform import is_transformed, transform
 
 __all__ = [
-    "transform", "compile", "trace", "audit", "AuditReport", "attribute", "Attribution", "METHODS", "analyse", "completeness_error", "fullgrad_terms", "target_score",
-    "const", "swap_backward", "scale_grad", "is_transformed", "LibraError", "TraceError",
-    "UnbalancedError", "ops", "functional", "analysis", "bias",
+    "transform", "compile", "trace", "audit", "AuditReport", "attribute", "Attribution", "METHODS",
+    "analyse", "completeness_error", "fullgrad_terms", "target_score", "const", "swap_backward",
+    "scale_grad", "is_transformed", "LibraError", "TraceError", "UnbalancedError", "ops", "functional",
+    "analysis", "bias",
 ]
 __version__ = "0.1.0"
