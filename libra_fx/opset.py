@@ -120,6 +120,10 @@ _LIBRARY_FUNCTIONS = {
 
 #: ATen packet names (fallback captures) that differ from the canonical name.
 _ATEN = {
+    # tensor factories: their values do not depend on the input, whatever tensor gives their shape
+    **{factory: "shape" for factory in ("new_zeros", "new_ones", "new_full", "new_empty", "zeros_like",
+                                         "ones_like", "full_like", "empty_like", "zeros", "ones",
+                                         "full", "empty", "arange", "scalar_tensor")},
     "_softmax": "softmax", "scaled_dot_product_attention": "sdpa", "bmm": "matmul", "mm": "matmul",
     "native_layer_norm": "layer_norm", "_log_softmax": "log_softmax", "view": "reshape",
     "_unsafe_view": "reshape", "t": "transpose", "clone": "identity", "_to_copy": "cast",

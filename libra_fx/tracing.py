@@ -671,13 +671,16 @@ def normalise(gm: fx.GraphModule) -> list[tuple[fx.Node, str]]:
     return refused
 
 
-def trace(model: nn.Module, example_inputs: Any = None, *, leaf_types: Iterable[type] = ()) -> fx.GraphModule:
+def trace(model: nn.Module, example_inputs: Any = None, *, leaf_types: Iterable[type] = (),
+          capture: str = "auto") -> fx.GraphModule:
     """Capture ``model`` as an FX GraphModule (symbolic tracing, then ``torch.export``), normalised.
 
     Args:
         model: the module to capture; it is not modified.
         example_inputs: a tensor or a tuple of tensors; needed only for the ``torch.export`` fallback.
         leaf_types: extra module classes to keep as single ``call_module`` nodes.
+        capture: ``"auto"`` (symbolic tracing, export as fallback) or ``"export"`` (export only;
+            needs ``example_inputs``).
 
     Returns:
         A GraphModule sharing the model's parameters, with their qualified names
@@ -695,7 +698,7 @@ def trace(model: nn.Module, example_inputs: Any = None, *, leaf_types: Iterable[
     """
     inputs = _as_tuple(example_inputs)
     with _CAPTURE_LOCK:
-        gm = _capture(model, inputs, tuple(leaf_types))
+        gm = _exported(model, inputs) if capture == "export" else _capture(model, inputs, tuple(leaf_types))
         normalise(gm)
     return gm
 

@@ -7,7 +7,6 @@ import warnings
 from contextlib import contextmanager
 from typing import Any, Iterable, Optional, Sequence
 
-import networkx as nx
 import torch
 import torch.fx as fx
 import torch.nn as nn
@@ -183,24 +182,34 @@ def _verify_forward(model: nn.Module, gm: fx.GraphModule, inputs: tuple, name: s
         raise ForwardMismatchError(f"{name}: the rewritten forward differs from the original on the example inputs")
 
 
-def _depends_on_input(gm: fx.GraphModule, node: fx.Node) -> bool:
-    graph = nx.DiGraph((s, n) for n in gm.graph.nodes for s in n.all_input_nodes)
-    graph.add_nodes_from(gm.graph.nodes)
-    return any(n.op == "placeholder" for n in nx.ancestors(graph, node) | {node})
-
-
-def _capture_findings(gm: fx.GraphModule) -> list[Finding]:
-    """Findings the analysis cannot see: in-place ops left in place, Functions export inlined."""
+def _capture_findings(gm: fx.GraphModule, facts) -> list[Finding]:
+    """Findings the analysis cannot see: in-place ops left in place on values that carry gradient
+    (a mask filled in place is harmless), Functions export inlined."""
     nodes = {n.name: n for n in gm.graph.nodes}
     findings = []
     for node_name, reason in gm.meta.get("libra_inplace", []):
         node = nodes.get(node_name)
-        if node is not None and _depends_on_input(gm, node):
+        if node is not None and any(facts.is_live(n) for n in (node, *node.all_input_nodes)):
             findings.append(Finding(node.name, op_name(node, gm), module_path(node), reason, source_line(node)))
     for function in gm.meta.get("libra_inlined_functions", []):
         findings.append(Finding(function, f"{function}.apply", "", "custom autograd.Function inlined by "
                                 "torch.export: its backward is not used", None))
     return findings
+
+
+def _opaque_functions(findings: list) -> bool:
+    """Functions symbolic tracing could not enter (``torch.fx.wrap``-ed, like torchvision's
+    ``shifted_window_attention``); custom ``autograd.Function``s are meant to stay opaque."""
+    return any(f.op.startswith("unknown:") and not f.op.endswith(".apply") for f in findings)
+
+
+def _fewer_findings(symbolic: tuple, balance) -> tuple:
+    """The ``torch.export`` capture enters such functions: keep it when it leaves less unbalanced."""
+    try:
+        exported = balance("export")
+    except Exception:  # export cannot capture it either: the symbolic result and its report stand
+        return symbolic
+    return exported if len(exported[3]) < len(symbolic[3]) else symbolic
 
 
 def _report_unbalanced(report: TransformReport, strict: bool) -> None:
@@ -275,17 +284,23 @@ def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[
         if _mode_dependent(model):
             _warn_training(name)
         reference = eval_clone(model)  # shares the weights; the user's modules keep their flags
-    with _timed(timings, "trace"):
-        gm = trace(reference, example, leaf_types=leaf_types)
-    if eval_mode:
-        as_eval_graph(gm)
-    align_state_dict(gm, model)
-    traced = _copy_graph_module(gm)
-    with _timed(timings, "rewrite"):
-        rewrites = run_passes(gm, selected, inputs)
-    with _timed(timings, "analyse"):
-        facts = analyse(gm, inputs)
-        findings = [finding_record(facts, node) for node in unbalanced(facts)] + _capture_findings(gm)
+    def balance(capture: str):
+        with _timed(timings, "trace"):
+            gm = trace(reference, example, leaf_types=leaf_types, capture=capture)
+        if eval_mode:
+            as_eval_graph(gm)
+        align_state_dict(gm, model)
+        traced = _copy_graph_module(gm)
+        with _timed(timings, "rewrite"):
+            rewrites = run_passes(gm, selected, inputs)
+        with _timed(timings, "analyse"):
+            facts = analyse(gm, inputs)
+            findings = [finding_record(facts, node) for node in unbalanced(facts)] + _capture_findings(gm, facts)
+        return gm, traced, rewrites, findings
+
+    gm, traced, rewrites, findings = balance("auto")
+    if _opaque_functions(findings) and example is not None and gm.meta.get("libra_capture") == "symbolic_trace":
+        gm, traced, rewrites, findings = _fewer_findings((gm, traced, rewrites, findings), balance)
     with _timed(timings, "recompile"):
         gm.recompile()
     preserve_attribute(gm, "libra_report",

@@ -59,3 +59,11 @@ def test_zoo(entry: Entry):
 def test_zoo_size():
     balanced = [e for e in ZOO if not e.expect_unbalanced]
     assert len(ZOO) >= 24 and len(balanced) >= 20
+
+
+def test_fx_wrapped_function_is_reported_without_example_inputs():
+    """Without example inputs there is no export capture: the opaque function is named, strict raises."""
+    entry = next(e for e in ZOO if e.name == "torchvision_swin_t")
+    model, _ = entry.build()
+    with pytest.raises(UnbalancedError, match="shifted_window_attention"):
+        libra_fx.transform(model, strict=True)
