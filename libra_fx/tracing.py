@@ -631,9 +631,7 @@ def trace_entering_leaves(model: nn.Module, leaf_types: Sequence[type], tries: i
 def _symbolic(model: nn.Module, leaf_types: Sequence[type]) -> fx.GraphModule:
     with _watch_autograd_functions([]):
         tracer, graph = trace_entering_leaves(model, leaf_types)
-    gm = fx.GraphModule(tracer.root, graph, type(model).__name__)
-    gm.meta["libra_kept_leaves"] = [cls.__name__ for cls in tracer.kept_timm_leaves]
-    return gm
+    return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
 def _exported(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
@@ -703,21 +701,11 @@ def trace(model: nn.Module, example_inputs: Any = None, *, leaf_types: Iterable[
     return gm
 
 
-def _prefer_export(model: nn.Module, symbolic: fx.GraphModule, inputs: Optional[tuple]) -> fx.GraphModule:
-    """Leaves kept whole are opaque to the passes: an export capture, which enters them, is better."""
-    if inputs is None:
-        return symbolic
-    try:
-        return _exported(model, inputs)
-    except Exception:  # the symbolic graph stays, its opaque leaves reported by the audit
-        return symbolic
-
-
 def _capture(model: nn.Module, inputs: Optional[tuple], leaf_types: tuple) -> fx.GraphModule:
     try:
         gm = _symbolic(model, leaf_types)
         gm.meta["libra_capture"] = "symbolic_trace"
-        return _prefer_export(model, gm, inputs) if gm.meta["libra_kept_leaves"] else gm
+        return gm
     except Exception as exc:  # any tracing failure: try the fallback, then report the first cause
         first = exc
     if inputs is None:

@@ -197,14 +197,16 @@ def _capture_findings(gm: fx.GraphModule, facts) -> list[Finding]:
     return findings
 
 
-def _opaque_functions(findings: list) -> bool:
-    """Functions symbolic tracing could not enter (``torch.fx.wrap``-ed, like torchvision's
-    ``shifted_window_attention``); custom ``autograd.Function``s are meant to stay opaque."""
-    return any(f.op.startswith("unknown:") and not f.op.endswith(".apply") for f in findings)
+def _opaque_pieces(findings: list) -> bool:
+    """Pieces symbolic tracing could not enter: timm leaves kept whole (``module:TinyVitBlock``) and
+    ``torch.fx.wrap``-ed functions (torchvision's ``shifted_window_attention``); custom
+    ``autograd.Function``s are meant to stay opaque."""
+    return any((f.op.startswith("unknown:") and not f.op.endswith(".apply")) or f.op.startswith("module:")
+               for f in findings)
 
 
 def _fewer_findings(symbolic: tuple, balance) -> tuple:
-    """The ``torch.export`` capture enters such functions: keep it when it leaves less unbalanced."""
+    """The ``torch.export`` capture enters such pieces: keep it when it leaves less unbalanced."""
     try:
         exported = balance("export")
     except Exception:  # export cannot capture it either: the symbolic result and its report stand
@@ -299,7 +301,7 @@ def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[
         return gm, traced, rewrites, findings
 
     gm, traced, rewrites, findings = balance("auto")
-    if _opaque_functions(findings) and example is not None and gm.meta.get("libra_capture") == "symbolic_trace":
+    if _opaque_pieces(findings) and example is not None and gm.meta.get("libra_capture") == "symbolic_trace":
         gm, traced, rewrites, findings = _fewer_findings((gm, traced, rewrites, findings), balance)
     with _timed(timings, "recompile"):
         gm.recompile()
