@@ -19,7 +19,8 @@ import torch.nn.functional as F
 
 import libra_fx
 from libra_fx.audit import default_target
-from libra_fx.completeness import fullgrad_terms
+from libra_fx.completeness import fullgrad_terms, row_completeness_error
+from libra_fx.grad_completeness import grad_completeness, randomise_bias_terms
 
 
 @dataclass(frozen=True)
@@ -130,17 +131,69 @@ class _EncoderClassifier(nn.Module):
         layer = nn.TransformerEncoderLayer(dim, heads, 2 * dim, dropout=0.0, activation="gelu",
                                            batch_first=True, norm_first=True)
         self.encoder = nn.TransformerEncoder(layer, layers, enable_nested_tensor=False)
-        self.pos = nn.Parameter(torch.randn(1, 8, dim) * 0.02)
+        self.pos_embed = nn.Parameter(torch.randn(1, 8, dim) * 0.02)
         self.head = nn.Linear(dim, classes)
         self.register_buffer("mask", torch.full((8, 8), float("-inf")).triu(1), persistent=False)
 
     def forward(self, x):
-        return self.head(self.encoder(x + self.pos, mask=self.mask, is_causal=True).mean(1))
+        return self.head(self.encoder(x + self.pos_embed, mask=self.mask, is_causal=True).mean(1))
 
 
 def transformer_encoder() -> tuple[nn.Module, torch.Tensor]:
     torch.manual_seed(0)
     return _EncoderClassifier().eval(), torch.randn(2, 8, 24)
+
+
+def frozen_transformer_encoder() -> tuple[nn.Module, torch.Tensor]:
+    """The usual attribution set-up: every parameter frozen. Four heads make the layers eligible for
+    PyTorch's fused fast path, which eager takes when nothing asks for gradient."""
+    torch.manual_seed(0)
+    model = _EncoderClassifier(heads=4).eval().requires_grad_(False)
+    return model, torch.randn(2, 8, 24)
+
+
+def metaformer_star_relu() -> tuple[nn.Module, torch.Tensor]:
+    """A ConvFormer-style MetaFormer: separable-conv mixers and StarReLU ``s·relu(x)² + b`` MLPs."""
+    from timm.models.metaformer import MetaFormer, SepConv
+    torch.manual_seed(0)
+    model = MetaFormer(depths=(1, 1, 1, 1), dims=(16, 32, 48, 64), token_mixers=SepConv, num_classes=10)
+    return _reinit_head(model).eval(), torch.randn(2, 3, 32, 32)
+
+
+class ContrastiveClip(nn.Module):
+    """CLIP's image-to-text logits ``s·norm(img)·norm(txt)ᵀ``, attributed to the pixels *and* the
+    text's token embeddings: row i's score depends on another row's text, so completeness cannot
+    be read row by row (each row needs its own backward)."""
+
+    def __init__(self, clip: nn.Module, text: torch.Tensor):
+        super().__init__()
+        self.clip = clip
+        self.register_buffer("text", text)  # token ids: only for pooling at the end-of-text token
+
+    def encode_text(self, token_embeddings):
+        clip = self.clip
+        x = clip.transformer(token_embeddings + clip.positional_embedding, attn_mask=clip.attn_mask)
+        x = clip.ln_final(x)[torch.arange(x.shape[0]), self.text.argmax(dim=-1)]
+        return x @ clip.text_projection
+
+    def forward(self, image, token_embeddings):
+        image_embedding = F.normalize(self.clip.encode_image(image), dim=-1)
+        text_embedding = F.normalize(self.encode_text(token_embeddings), dim=-1)
+        return self.clip.logit_scale.exp() * image_embedding @ text_embedding.T
+
+
+def open_clip_contrastive() -> tuple[nn.Module, tuple[torch.Tensor, torch.Tensor]]:
+    """open_clip ViT-B-32 (one block per tower, 64 px, 16 text tokens), nn.MultiheadAttention in both."""
+    import open_clip
+    torch.manual_seed(0)
+    clip = open_clip.create_model("ViT-B-32", pretrained=None, force_image_size=64)
+    clip.visual.transformer.resblocks = clip.visual.transformer.resblocks[:1]
+    clip.transformer.resblocks = clip.transformer.resblocks[:1]
+    clip.positional_embedding = nn.Parameter(clip.positional_embedding[:16].detach().clone())
+    clip.attn_mask = clip.attn_mask[:16, :16]
+    text = torch.randint(1, 1000, (2, 16))
+    embeddings = clip.token_embedding(text).detach()
+    return ContrastiveClip(clip, text).eval(), (torch.randn(2, 3, 64, 64), embeddings)
 
 
 class RMSNorm(nn.Module):
@@ -282,6 +335,11 @@ ZOO: tuple[Entry, ...] = (
           note="torchvision wraps shifted_window_attention with torch.fx.wrap: opaque to symbolic "
                "tracing, so the torch.export capture (which enters it) is kept"),
     Entry("nn.TransformerEncoder", transformer_encoder, "nn.MultiheadAttention, batch_first"),
+    Entry("nn.TransformerEncoder (frozen)", frozen_transformer_encoder,
+          "every parameter requires_grad=False (fast-path eligible)"),
+    Entry("metaformer_starrelu", metaformer_star_relu, "StarReLU s·relu(x)²+b, separable conv mixer"),
+    Entry("open_clip ViT-B-32 (contrastive)", open_clip_contrastive,
+          "image-text logits mixing batch rows, nn.MultiheadAttention in both towers"),
     Entry("llama_block", llama, "hand-written RMSNorm, RoPE, causal softmax, SwiGLU"),
 )
 
@@ -301,6 +359,9 @@ class Result:
     forward_equal: bool = False
     ce_before: float = math.nan
     ce_after: float = math.nan
+    grad_ce_before: float = math.nan
+    grad_ce_after: float = math.nan
+    own_vs_grad: float = math.nan
     transform_s: float = math.nan
     counts: dict = field(default_factory=dict)
     unbalanced: list = field(default_factory=list)
@@ -320,33 +381,59 @@ def _clear_eval_caches(model: nn.Module) -> None:
             cache.clear()
 
 
-def _input_grad(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+def _as_inputs(x) -> tuple:
+    return tuple(x) if isinstance(x, (tuple, list)) else (x,)
+
+
+def _requiring_grad(inputs: tuple) -> tuple:
+    return tuple(t.detach().clone().requires_grad_(t.is_floating_point()) for t in inputs)
+
+
+def _input_grad(model: nn.Module, inputs: tuple) -> list[torch.Tensor]:
     _clear_eval_caches(model)
-    x = x.detach().clone().requires_grad_(True)
-    default_target(model(x)).sum().backward()
+    inputs = _requiring_grad(inputs)
+    default_target(model(*inputs)).sum().backward()
     model.zero_grad(set_to_none=True)
-    return x.grad
+    return [t.grad for t in inputs if t.requires_grad]
+
+
+def _same_forward(gm: nn.Module, model: nn.Module, inputs: tuple) -> bool:
+    """Forward values as attribution runs them: grad mode on, inputs asking for gradient (a frozen
+    nn.TransformerEncoder takes a fused kernel under ``no_grad`` that no captured graph records)."""
+    with torch.enable_grad():
+        return torch.equal(gm(*_requiring_grad(inputs)), model(*_requiring_grad(inputs)))
+
+
+def _own_vs_grad(gm, inputs: tuple, independent) -> float:
+    """|libra_fx's residual − the ``.grad`` residual| / Σ|f|: do the two decompositions agree?"""
+    terms = fullgrad_terms(gm, inputs, default_target)
+    own = float((terms.score - terms.total).sum())
+    return abs(own - independent.residual) / max(independent.scale, 1e-12)
 
 
 def check(entry: Entry, dtype: torch.dtype = torch.float64) -> Result:
     """Transform ``entry``'s model (in ``dtype``) and measure everything the zoo asserts."""
     model, x = entry.build()
-    model, x = model.to(dtype), x.to(dtype)
+    model, inputs = randomise_bias_terms(model.to(dtype)), tuple(t.to(dtype) if t.is_floating_point() else t
+                                                             for t in _as_inputs(x))
     result = Result(entry.name)
-    state, grad_before = _snapshot(model), _input_grad(model, x)
+    state, grad_before = _snapshot(model), _input_grad(model, inputs)
     start = time.perf_counter()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        gm = libra_fx.transform(model, (x,), **entry.transform_kwargs)
+        gm = libra_fx.transform(model, inputs, **entry.transform_kwargs)
     result.transform_s = time.perf_counter() - start
     report = gm.libra_report
     result.capture = report.traced.meta.get("libra_capture", "")
     result.counts, result.unbalanced = report.counts(), list(report.unbalanced)
-    with torch.no_grad():
-        result.forward_equal = torch.equal(gm(x), model(x))
-    result.ce_before = fullgrad_terms(report.traced, (x,), default_target).completeness_error.max().item()
-    result.ce_after = fullgrad_terms(gm, (x,), default_target).completeness_error.max().item()
+    result.forward_equal = _same_forward(gm, model, inputs)
+    result.ce_before = row_completeness_error(report.traced, inputs, default_target).max().item()
+    result.ce_after = row_completeness_error(gm, inputs, default_target).max().item()
+    independent = grad_completeness(gm, inputs, default_target, model=model)
+    result.grad_ce_before = grad_completeness(report.traced, inputs, default_target, model=model).error
+    result.grad_ce_after = independent.error
+    result.own_vs_grad = _own_vs_grad(gm, inputs, independent)
     after = _snapshot(model)
     result.untouched = (state.keys() == after.keys() and all(torch.equal(state[k], after[k]) for k in state)
-                        and torch.equal(grad_before, _input_grad(model, x)))
+                        and all(torch.equal(a, b) for a, b in zip(grad_before, _input_grad(model, inputs))))
     return result

@@ -7,7 +7,10 @@ Three facts per node:
   position tables and masks do not; neither does anything behind ``const``);
 * **relevant** — live *and* the output depends on it through gradient-carrying edges: only these
   ops shape the attribution, so only these need balancing (q·kᵀ behind a detached softmax does not);
-* **verdict** — for relevant ops: balanced or not, and why.
+* **verdict** — for relevant ops: balanced or not, and why;
+* **carries gradient** — depends on *anything* that can hold a gradient (an input, a parameter, a
+  buffer) through gradient-carrying edges: attention q/k built from a learned query are not live
+  but their parameters would still get gradient through the softmax.
 
 The graph of gradient-carrying edges is a ``networkx.DiGraph``; liveness is reachability in it.
 """
@@ -39,6 +42,7 @@ class Facts:
     flow: nx.DiGraph
     live: set[fx.Node]
     sink: set[fx.Node]
+    carried: set[fx.Node] = field(default_factory=set)
     verdicts: dict[fx.Node, Verdict] = field(default_factory=dict)
 
     def name(self, node) -> str:
@@ -46,6 +50,10 @@ class Facts:
 
     def is_live(self, value) -> bool:
         return isinstance(value, fx.Node) and value in self.live
+
+    def carries_gradient(self, value) -> bool:
+        """Whether ``value`` depends on an input, parameter or buffer through gradient edges."""
+        return isinstance(value, fx.Node) and value in self.carried
 
     def is_relevant(self, value) -> bool:
         return isinstance(value, fx.Node) and value in self.live and value in self.sink
@@ -97,6 +105,14 @@ def attributed_inputs(gm: fx.GraphModule, names: Optional[Iterable[str]] = None)
     return [n for n in placeholders if n.target in wanted or n.name in wanted]
 
 
+def _carried(gm: fx.GraphModule, flow: nx.DiGraph) -> set[fx.Node]:
+    carried: set[fx.Node] = set()
+    for node in gm.graph.nodes:  # graph order is a topological order
+        if node.op in ("placeholder", "get_attr") or any(p in carried for p in flow.predecessors(node)):
+            carried.add(node)
+    return carried
+
+
 def analyse(gm: fx.GraphModule, inputs: Optional[Iterable[str]] = None) -> Facts:
     """Run the dataflow analysis on ``gm``.
 
@@ -120,7 +136,7 @@ def analyse(gm: fx.GraphModule, inputs: Optional[Iterable[str]] = None) -> Facts
         live |= {source} | nx.descendants(flow, source)
     output = next(n for n in reversed(gm.graph.nodes) if n.op == "output")
     sink = {output} | nx.ancestors(flow, output)
-    facts = Facts(gm, names, flow, live, sink)
+    facts = Facts(gm, names, flow, live, sink, _carried(gm, flow))
     for node in facts.relevant:
         if node.op not in ("placeholder", "output"):
             facts.verdicts[node] = judge(facts, node)
@@ -180,13 +196,30 @@ def product_leaves(facts: Facts, root: fx.Node) -> list[fx.Node]:
     return leaves
 
 
+def power_exponent(facts: Facts, node: fx.Node) -> Optional[float]:
+    """k for ``x**k`` (``pow`` with a constant positive exponent, ``square``), else ``None``."""
+    name = facts.name(node)
+    if name == "square":
+        return 2.0
+    if name != "pow" or len(node.args) < 2:
+        return None
+    k = node.args[1]
+    return float(k) if isinstance(k, (int, float)) and not isinstance(k, bool) and k > 0 else None
+
+
+def _degree(facts: Facts, node: fx.Node) -> float:
+    """The degree of homogeneity of a product tree root or a power."""
+    k = power_exponent(facts, node)
+    return k if k is not None else float(len(product_leaves(facts, node)))
+
+
 def _scaled(facts: Facts, root: fx.Node) -> bool:
+    """Whether the only gradient user of ``root`` scales its gradient by 1/degree."""
     users = facts.grad_users(root)
     if len(users) != 1 or facts.name(users[0]) != "scale_grad":
         return False
     scale = users[0].args[1] if len(users[0].args) > 1 else users[0].kwargs.get("scale")
-    k = len(product_leaves(facts, root))
-    return isinstance(scale, (int, float)) and abs(scale * k - 1.0) < 1e-9
+    return isinstance(scale, (int, float)) and abs(scale * _degree(facts, root) - 1.0) < 1e-9
 
 
 # ----------------------------------------------------------------------------------------------
@@ -203,6 +236,15 @@ def _judge_product(facts: Facts, node: fx.Node) -> Verdict:
     return Verdict(False, f"product of {k} input-dependent factors without 1/{k} gradient scaling")
 
 
+def _judge_power(facts: Facts, node: fx.Node) -> Verdict:
+    k = power_exponent(facts, node)
+    if k is None:
+        return _judge_nonlinear(facts, node)
+    if _scaled(facts, node):
+        return _BALANCED
+    return Verdict(False, f"power x**{k:g} of an input-dependent value without 1/{k:g} gradient scaling")
+
+
 def _judge_divide(facts: Facts, node: fx.Node) -> Verdict:
     divisor = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
     if facts.is_live(divisor):
@@ -211,8 +253,9 @@ def _judge_divide(facts: Facts, node: fx.Node) -> Verdict:
 
 
 def _judge_attention(facts: Facts, node: fx.Node) -> Verdict:
-    if facts.is_live(arg(node, "query")) or facts.is_live(arg(node, "key")):
-        return Verdict(False, "attention weights depend on the input (q or k carry gradient)")
+    if any(facts.carries_gradient(arg(node, a)) for a in ("query", "key", "attn_mask")):
+        return Verdict(False, "attention weights carry gradient (q, k or the score mask depend on the "
+                       "input or on parameters)")
     return _BALANCED
 
 
@@ -224,6 +267,8 @@ def _judge_nonlinear(facts: Facts, node: fx.Node) -> Verdict:
 def _judge_scale(facts: Facts, node: fx.Node) -> Verdict:
     product = node.args[0]
     if is_product(facts, product) and _scaled(facts, product_root(facts, product)):
+        return _BALANCED
+    if power_exponent(facts, product) is not None and _scaled(facts, product):
         return _BALANCED
     return Verdict(False, "scale_grad on a value that is not a matching product")
 
@@ -261,6 +306,8 @@ def judge(facts: Facts, node: fx.Node) -> Verdict:
         return Verdict(False, f"{what} {name}: the engine cannot tell whether it is balanced")
     if name in ("linear", "conv") and is_product(facts, node):
         return _judge_product(facts, node)
+    if name in ("pow", "square"):
+        return _judge_power(facts, node)
     judge_kind = _JUDGES.get(kind)
     return judge_kind(facts, node) if judge_kind else _BALANCED
 

@@ -143,9 +143,38 @@ def _site_attribution(grad: Optional[torch.Tensor], y: torch.Tensor, bias) -> to
     return grad * bias
 
 
+def _probe_run(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], target: Target, facts: Optional[Facts],
+               taps: Sequence[fx.Node]):
+    """One forward of the instrumented copy: (score, attributed inputs, site values, biases, taps, sites)."""
+    facts = facts or analyse(gm)
+    sites = bias_sites(facts)
+    probe = instrument(gm, sites, taps)
+    inputs = tuple(x.detach().requires_grad_(x.is_floating_point()) for x in inputs)
+    output, site_values, biases, tapped = probe(*inputs)
+    output = structured_output(gm, output)  # the probe's copy of the graph returns the flat leaves
+    score = target_score(output, target)
+    return score, [x for x in inputs if x.requires_grad], site_values, biases, tapped, sites
+
+
+def _bias_by_rows(score: torch.Tensor, site_values: Sequence[torch.Tensor], biases: Sequence) -> torch.Tensor:
+    """(B,) Σ bias×gradient for each output row, one backward per row (the graph is kept)."""
+    totals = []
+    for row in range(score.shape[0]):
+        grads = torch.autograd.grad(score[row], list(site_values), allow_unused=True, retain_graph=True)
+        with torch.no_grad():
+            totals.append(sum((_site_attribution(g, y, b).sum() for g, y, b in zip(grads, site_values, biases)
+                               if g is not None), score.new_zeros(())))
+    return torch.stack(totals).detach()
+
+
 def fullgrad_terms(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], target: Target,
                    facts: Optional[Facts] = None, taps: Sequence[fx.Node] = ()) -> FullGradTerms:
     """Compute FullGrad's terms for ``gm`` on ``inputs`` with one forward and one backward.
+
+    Each sample's terms are read from its own rows of the inputs and bias sites, which assumes the
+    model treats the rows of a batch independently; where a bias site is not laid out batch-first,
+    its per-sample totals take one backward per row. See :func:`row_completeness_error` for outputs
+    that mix rows (CLIP's contrastive logits).
 
     Args:
         gm: a GraphModule (plain trace or transformed).
@@ -164,24 +193,59 @@ def fullgrad_terms(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], target: T
         >>> bool(terms.completeness_error.max() < 1e-5)
         True
     """
-    facts = facts or analyse(gm)
-    sites = bias_sites(facts)
-    probe = instrument(gm, sites, taps)
-    inputs = tuple(x.detach().requires_grad_(x.is_floating_point()) for x in inputs)
-    attributed = [x for x in inputs if x.requires_grad]
     with torch.enable_grad():
-        output, site_values, biases, tapped = probe(*inputs)
-        output = structured_output(gm, output)  # the probe's copy of the graph returns the flat leaves
-        score = target_score(output, target)
+        score, attributed, site_values, biases, tapped, sites = _probe_run(gm, inputs, target, facts, taps)
         wanted = [*attributed, *site_values, *tapped]
+        batch = score.shape[0]
+        laid_out = all(y.dim() > 0 and y.shape[0] == batch for y in site_values)
+        # a site whose values are not laid out batch-first (an exported nn.MultiheadAttention works
+        # on (L, B, D) and (L·B, D)) cannot be split by rows: one backward per row for those
+        row_bias = None if laid_out else _bias_by_rows(score, site_values, biases)
         grads = torch.autograd.grad(score.sum(), wanted, allow_unused=True)
     n_in, n_sites = len(attributed), len(site_values)
     input_attr = [x.detach() * (g if g is not None else 0) for x, g in zip(attributed, grads)]
     site_attr = [_site_attribution(g, y, b).detach() for g, y, b in zip(grads[n_in:n_in + n_sites], site_values, biases)]
-    batch = score.shape[0]
-    bias_attr = sum((s.reshape(batch, -1).sum(1) for s in site_attr), torch.zeros_like(score))
+    bias_attr = row_bias if row_bias is not None else \
+        sum((s.reshape(batch, -1).sum(1) for s in site_attr), torch.zeros_like(score))
     taps_out = [(v.detach(), g) for v, g in zip(tapped, grads[n_in + n_sites:])]
     return FullGradTerms(score.detach(), input_attr, bias_attr.detach(), site_attr, sites, taps_out)
+
+
+def row_completeness_error(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], target: Target) -> torch.Tensor:
+    """(B,) relative completeness error with one backward per output row, each row's terms summed
+    over *every* input row and bias site.
+
+    Exact whatever the model does across the batch: CLIP's image-text logits make row i's score
+    depend on other rows' text, which :func:`fullgrad_terms`' per-row reading would misattribute.
+    Costs B backward passes (used by :func:`libra_fx.audit` on example inputs).
+
+    Args:
+        gm: a GraphModule (plain trace or transformed).
+        inputs: positional inputs; floating tensors are attributed.
+        target: what to explain (see :func:`target_score`).
+
+    Returns:
+        A (B,) tensor of ``|f_i − Σ terms_i| / |f_i|``.
+
+    Example:
+        >>> import libra_fx
+        >>> gm = libra_fx.transform(torch.nn.Linear(4, 3))
+        >>> bool(row_completeness_error(gm, (torch.randn(2, 4),), 0).max() < 1e-6)
+        True
+    """
+    with torch.enable_grad():
+        score, attributed, site_values, biases, _, _ = _probe_run(gm, inputs, target, None, ())
+        wanted = [*attributed, *site_values]
+        errors = []
+        for row in range(score.shape[0]):
+            grads = torch.autograd.grad(score[row], wanted, allow_unused=True, retain_graph=True)
+            with torch.no_grad():
+                terms = sum(float((x * g).sum()) for x, g in zip(attributed, grads) if g is not None)
+                terms += sum(float(_site_attribution(g, y, b).sum())
+                             for g, y, b in zip(grads[len(attributed):], site_values, biases) if g is not None)
+            f = float(score[row].detach())
+            errors.append(abs(f - terms) / max(abs(f), 1e-12))
+    return torch.tensor(errors)
 
 
 def completeness_error(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], target: Target) -> torch.Tensor:

@@ -183,6 +183,17 @@ def linearized(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return swap_backward(value, x * const(slope))
 
 
+def _value_only_projections(in_proj_weight, in_proj_bias, q_proj_weight, k_proj_weight, v_proj_weight):
+    """The q/k/v projections with the q and k parts constant: their weights and biases reach the
+    output only through the softmax, so in the balanced graph they get no gradient."""
+    if in_proj_weight is not None:
+        q_proj_weight, k_proj_weight, v_proj_weight = in_proj_weight.chunk(3)
+    if in_proj_bias is not None:
+        q_bias, k_bias, v_bias = in_proj_bias.chunk(3)
+        in_proj_bias = torch.cat((const(q_bias), const(k_bias), v_bias))
+    return const(q_proj_weight), const(k_proj_weight), v_proj_weight, in_proj_bias
+
+
 def balanced_multihead_attention(query, key, value, in_proj_weight, in_proj_bias, q_proj_weight,
                                  k_proj_weight, v_proj_weight, bias_k, bias_v, out_proj_weight,
                                  out_proj_bias, num_heads: int, add_zero_attn: bool,
@@ -190,7 +201,8 @@ def balanced_multihead_attention(query, key, value, in_proj_weight, in_proj_bias
                                  is_causal: bool = False):
     """``nn.MultiheadAttention`` output with constant attention weights (q and k detached).
 
-    Only the value path carries gradient. The caller swaps this in as the backward of the module's
+    Only the value path carries gradient: q, k, their projection weights and biases and ``bias_k``
+    are constants, so no parameter gets gradient through the softmax. The caller swaps this in as the backward of the module's
     own output, so the forward value stays the module's.
 
     Returns:
@@ -199,12 +211,14 @@ def balanced_multihead_attention(query, key, value, in_proj_weight, in_proj_bias
     query, key = const(query), const(key)
     if batch_first:
         query, key, value = (t.transpose(0, 1) for t in (query, key, value))
-    separate = in_proj_weight is None
+    q_proj_weight, k_proj_weight, v_proj_weight, in_proj_bias = _value_only_projections(
+        in_proj_weight, in_proj_bias, q_proj_weight, k_proj_weight, v_proj_weight)
     out, _ = F.multi_head_attention_forward(
-        query, key, value, query.shape[-1], num_heads, in_proj_weight, in_proj_bias, bias_k, bias_v,
+        query, key, value, query.shape[-1], num_heads, None, in_proj_bias,
+        None if bias_k is None else const(bias_k), bias_v,
         add_zero_attn, 0.0, out_proj_weight, out_proj_bias, training=False,
         key_padding_mask=key_padding_mask, need_weights=False, attn_mask=attn_mask,
-        use_separate_proj_weight=separate, q_proj_weight=q_proj_weight, k_proj_weight=k_proj_weight,
+        use_separate_proj_weight=True, q_proj_weight=q_proj_weight, k_proj_weight=k_proj_weight,
         v_proj_weight=v_proj_weight, is_causal=is_causal)
     return out.transpose(0, 1) if batch_first else out
 

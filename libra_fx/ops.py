@@ -5,9 +5,11 @@ node (``const(q)``, ``swap_backward(gelu, mul)``), and so that ``torch.compile``
 """
 from __future__ import annotations
 
+from typing import Optional
+
 import torch
 
-__all__ = ["const", "swap_backward", "scale_grad", "LIBRA_OPS"]
+__all__ = ["const", "swap_backward", "scale_grad", "block_gradient", "contiguous_grad", "LIBRA_OPS"]
 
 
 def const(x: torch.Tensor) -> torch.Tensor:
@@ -69,4 +71,71 @@ def scale_grad(product: torch.Tensor, scale: float) -> torch.Tensor:
     return swap_backward(product, product * scale)
 
 
-LIBRA_OPS = (const, swap_backward, scale_grad)
+class _BlockGradient(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return None
+
+
+def block_gradient(x: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+    """``const(x)`` that still *requires* grad when ``x`` does: value ``x``, Jacobian zero.
+
+    Some kernels pick their algorithm from ``requires_grad``: CPU ``scaled_dot_product_attention``
+    with an attention mask that requires grad takes another path than with a detached one, and the
+    results differ in the last bit. A mask built from parameters (a relative-position MLP) is
+    therefore blocked with this instead of ``const``, keeping the forward bit-identical.
+
+    Args:
+        x: any tensor, or ``None`` (an optional mask argument left at its default).
+
+    Returns:
+        ``x`` (a view of it) whose gradient is never propagated; ``None`` for ``None``.
+
+    Example:
+        >>> x = torch.ones(2, requires_grad=True)
+        >>> y = block_gradient(x); y.requires_grad
+        True
+        >>> (x + y).sum().backward(); x.grad
+        tensor([1., 1.])
+    """
+    return None if x is None else _BlockGradient.apply(x)
+
+
+class _ContiguousGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return x.view_as(x)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad.contiguous() if grad.device.type == "cpu" else grad
+
+
+def contiguous_grad(x: torch.Tensor) -> torch.Tensor:
+    """Identity whose backward hands a contiguous gradient to the op before it (on CPU).
+
+    PyTorch's CPU eval-mode ``batch_norm`` backward returns a wrong input gradient at batch size 1
+    when the incoming gradient is strided like a transposed ``(B, N, C)`` token tensor (XCiT's
+    convolutional patch embedding followed by ``flatten(2).transpose(1, 2)``: errors of order 10);
+    a contiguous gradient gives the right one. The transform puts this after every eval
+    ``batch_norm``; forward values are untouched.
+
+    Args:
+        x: any tensor.
+
+    Returns:
+        ``x`` (a view of it).
+
+    Example:
+        >>> x = torch.randn(1, 4, 2, 2, requires_grad=True)
+        >>> torch.equal(contiguous_grad(x), x)
+        True
+    """
+    return _ContiguousGrad.apply(x)
+
+
+LIBRA_OPS = (const, swap_backward, scale_grad, block_gradient, contiguous_grad)

@@ -64,7 +64,7 @@ _FUNCTIONS = _names({
     "clamp": (torch.clamp, torch.clip), "where": (torch.where,), "masked_fill": (torch.masked_fill,),
     "cat": (torch.cat, torch.concat), "stack": (torch.stack,), "getitem": (operator.getitem,),
     "flatten": (torch.flatten,), "reshape": (torch.reshape,), "transpose": (torch.transpose,),
-    "permute": (torch.permute,), "unbind": (torch.unbind,), "split": (torch.split,), "chunk": (torch.chunk,),
+    "permute": (torch.permute,), "unbind": (torch.unbind,), "split": (torch.split, torch.tensor_split), "chunk": (torch.chunk,),
     "squeeze": (torch.squeeze,), "unsqueeze": (torch.unsqueeze,), "roll": (torch.roll,), "flip": (torch.flip,),
     "mean": (torch.mean,), "sum": (torch.sum,), "amax": (torch.amax,), "max": (torch.max,),
     "dropout": (F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, torch.dropout),
@@ -81,7 +81,8 @@ _FUNCTIONS = _names({
               torch.ones, torch.full, torch.ones_like, torch.zeros_like, torch.full_like,
               torch.empty, torch.tensor, torch.argmax, torch.argmin, torch.meshgrid, torch.triu,
               torch.tril, int, float, torch.is_floating_point),
-    "const": (LO.const,), "swap_backward": (LO.swap_backward,), "scale_grad": (LO.scale_grad,),
+    "const": (LO.const, LO.block_gradient), "swap_backward": (LO.swap_backward,), "scale_grad": (LO.scale_grad,),
+    "identity": (LO.contiguous_grad,), "square": (torch.square,),
     **{fn.__name__: (fn,) for fn in LF.BALANCED_OPS},
 })
 
@@ -99,7 +100,7 @@ _METHODS = {
     "gt": "shape", "lt": "shape", "detach": "const", "t": "transpose", "swapaxes": "transpose",
     "moveaxis": "movedim", "repeat": "tile", "unfold": "unfold", "__getitem__": "getitem",
     "softmax": "softmax", "exp_": "exp", "sqrt_": "sqrt", "rsqrt_": "rsqrt", "pow_": "pow",
-    "addcmul_": "addcmul", "norm": "norm",
+    "addcmul_": "addcmul", "norm": "norm", "tensor_split": "split", "square": "square", "pow": "pow", "__pow__": "pow",
 }
 
 #: Library helpers that model code calls as opaque functions (timm's autowrapped functions,
@@ -118,6 +119,11 @@ _LIBRARY_FUNCTIONS = {
     ("torchvision", "_patch_merging_pad"): "reshape",
 }
 
+#: ``getattr(tensor, name)`` nodes whose value is a tensor computed from the tensor (others, such
+#: as ``shape`` and ``dtype``, are metadata)
+_TENSOR_ATTRIBUTES = {"T": "transpose", "mT": "transpose", "H": "transpose", "mH": "transpose",
+                      "real": "identity", "data": "const"}
+
 #: ATen packet names (fallback captures) that differ from the canonical name.
 _ATEN = {
     # tensor factories: their values do not depend on the input, whatever tensor gives their shape
@@ -131,10 +137,12 @@ _ATEN = {
     "sym_size": "shape", "lift_fresh_copy": "identity", "detach": "const", "addmm": "linear_addmm",
     "expand": "expand", "slice": "getitem", "native_dropout": "dropout", "mean": "mean",
     "linalg_vector_norm": "norm", "hardswish": "hardswish", "silu": "silu", "reshape_as": "reshape",
-    "split_with_sizes": "split", "unsafe_split": "split", "unsafe_chunk": "chunk", "view_as": "reshape",
+    "split_with_sizes": "split", "tensor_split": "split", "unsafe_split": "split", "unsafe_chunk": "chunk", "view_as": "reshape",
     "expand_as": "expand", "avg_pool2d": "avg_pool", "avg_pool1d": "avg_pool", "avg_pool3d": "avg_pool",
     "adaptive_avg_pool2d": "avg_pool", "adaptive_avg_pool1d": "avg_pool", "_adaptive_avg_pool2d": "avg_pool",
     "max_pool2d_with_indices": "max_pool", "max_pool2d": "max_pool", "adaptive_max_pool2d": "max_pool",
+    # dtype and device casts (Hugging Face RMSNorm: ``x.to(float32)``, ``w * y.to(input_dtype)``)
+    "to": "cast", "type_as": "cast", "_assert_tensor_metadata": "shape",
 }
 
 _MODULES: dict[type, str] = {
@@ -160,7 +168,7 @@ OP_KINDS: dict[str, Kind] = {
         "softmax", "log_softmax", "gelu", "silu", "hardswish", "mish", "elu", "selu", "softplus",
         "hardsigmoid", "sigmoid", "tanh", "exp", "log", "sqrt", "rsqrt", "pow", "erf", "sin", "cos",
         "reciprocal", "norm", "var", "std", "layer_norm", "group_norm", "rms_norm", "normalize",
-        "multihead_attention")},
+        "multihead_attention", "square")},
     "sdpa": Kind.ATTENTION, "const": Kind.CONST, "swap_backward": Kind.SWAP, "scale_grad": Kind.SCALE,
     **{fn.__name__: Kind.BALANCED for fn in LF.BALANCED_OPS},
 }
@@ -168,7 +176,7 @@ OP_KINDS: dict[str, Kind] = {
 #: Elementwise ops of one tensor (used to recognise gate(x) in x·gate(x)).
 ELEMENTWISE = frozenset((
     "gelu", "silu", "hardswish", "mish", "elu", "selu", "softplus", "hardsigmoid", "sigmoid", "tanh",
-    "exp", "log", "sqrt", "rsqrt", "pow", "erf", "sin", "cos", "reciprocal", "relu", "relu6",
+    "exp", "log", "sqrt", "rsqrt", "pow", "square", "erf", "sin", "cos", "reciprocal", "relu", "relu6",
     "leaky_relu", "hardtanh", "abs", "clamp", "add", "sub", "rsub", "mul", "div", "neg", "cast",
     "identity", "dropout"))
 
@@ -218,6 +226,8 @@ def op_name(node: fx.Node, gm: Optional[fx.GraphModule] = None) -> str:
         module = _module(gm, node)
         return _module_name(module) if module is not None else "module:?"
     target = node.target
+    if target is getattr and len(node.args) > 1:  # tensor attributes: ``x.T`` carries gradient, ``x.shape`` not
+        return _TENSOR_ATTRIBUTES.get(node.args[1], "shape")
     if isinstance(target, torch._ops.OpOverload):
         packet = target.overloadpacket.__name__
         return _ATEN.get(packet, packet)

@@ -558,9 +558,10 @@ def _failure(model: nn.Module, exc: BaseException, has_inputs: bool = False,
     frame = _user_frame(cause.__traceback__) or _user_frame(exc.__traceback__)
     source = f"{frame.filename}:{frame.lineno}" if frame else None
     op = (frame.line or linecache.getline(frame.filename, frame.lineno).strip()) if frame else type(exc).__name__
-    detail = _first_line(exc)
-    if export_exc is not None:
-        detail += f" (torch.export also failed: {_first_line(export_exc)})"
+    # the export failure comes first: symbolic tracing fails on most modern models for reasons
+    # (Python control flow on shapes) that say nothing about what went wrong in the end
+    detail = _first_line(exc) if export_exc is None else \
+        f"torch.export failed: {_first_line(export_exc)} (symbolic tracing failed first: {_first_line(exc)})"
     return TraceError(model_name(model), op, source, detail, _hint(export_exc or exc, has_inputs))
 
 
@@ -591,14 +592,14 @@ def _watch_autograd_functions(record: list):
     (reported as unknown by the analysis); every class applied is appended to ``record``. The patch
     is undone on exit and held under the capture lock, as FX's own patches of ``nn.Module`` are.
     """
-    original = torch.autograd.Function.__dict__["apply"]
+    original = torch.autograd.Function.__dict__["apply"]  # a classmethod (C-level since torch 2.14)
 
     def apply(cls, *args, **kwargs):
         record.append(cls)
         proxy = next((a for a in torch.utils._pytree.tree_leaves((args, kwargs)) if isinstance(a, fx.Proxy)), None)
         if proxy is not None:
             return proxy.tracer.create_proxy("call_function", _apply_wrapper(cls), args, kwargs)
-        return original.__func__(cls, *args, **kwargs)
+        return original.__get__(None, cls)(*args, **kwargs)
 
     torch.autograd.Function.apply = classmethod(apply)
     try:
@@ -634,9 +635,9 @@ def _symbolic(model: nn.Module, leaf_types: Sequence[type]) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
-def _exported(model: nn.Module, example_inputs: tuple) -> fx.GraphModule:
+def _exported(model: nn.Module, example_inputs: tuple, dynamic_shapes: Any = None) -> fx.GraphModule:
     with _watch_autograd_functions([]) as applied:
-        program = torch.export.export(model, example_inputs, strict=False)
+        program = torch.export.export(model, example_inputs, strict=False, dynamic_shapes=dynamic_shapes)
     module = program.module()
     module.meta["libra_capture"] = "torch.export"
     # export inlines a Function's forward: its backward is lost, so the transform reports it
@@ -670,7 +671,7 @@ def normalise(gm: fx.GraphModule) -> list[tuple[fx.Node, str]]:
 
 
 def trace(model: nn.Module, example_inputs: Any = None, *, leaf_types: Iterable[type] = (),
-          capture: str = "auto") -> fx.GraphModule:
+          capture: str = "auto", dynamic_shapes: Any = None) -> fx.GraphModule:
     """Capture ``model`` as an FX GraphModule (symbolic tracing, then ``torch.export``), normalised.
 
     Args:
@@ -679,6 +680,7 @@ def trace(model: nn.Module, example_inputs: Any = None, *, leaf_types: Iterable[
         leaf_types: extra module classes to keep as single ``call_module`` nodes.
         capture: ``"auto"`` (symbolic tracing, export as fallback) or ``"export"`` (export only;
             needs ``example_inputs``).
+        dynamic_shapes: passed to ``torch.export.export`` (e.g. a dynamic sequence length).
 
     Returns:
         A GraphModule sharing the model's parameters, with their qualified names
@@ -696,7 +698,10 @@ def trace(model: nn.Module, example_inputs: Any = None, *, leaf_types: Iterable[
     """
     inputs = _as_tuple(example_inputs)
     with _CAPTURE_LOCK:
-        gm = _exported(model, inputs) if capture == "export" else _capture(model, inputs, tuple(leaf_types))
+        if capture == "export":
+            gm = _exported(model, inputs, dynamic_shapes)
+        else:
+            gm = _capture(model, inputs, tuple(leaf_types))
         normalise(gm)
     return gm
 

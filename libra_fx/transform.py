@@ -13,10 +13,11 @@ import torch.nn as nn
 
 from .analysis import analyse, module_path, source_line, unbalanced
 from .errors import ForwardMismatchError, InputError, LibraWarning, UnbalancedError
+from .ops import contiguous_grad
 from .opset import arg, op_name
 from .report import Finding, TransformReport, finding_record, rewrite_record
 from .tracing import _as_tuple, eval_clone, flatten_value, model_name, preserve_attribute, trace
-from .validation import check_inputs, check_passes, shapes
+from .validation import check_capture, check_inputs, check_passes, shapes
 
 _TRAINING_ARGS = {"dropout": ("training", 2), "batch_norm": ("training", 5)}
 
@@ -36,6 +37,27 @@ def is_transformed(module: Any) -> bool:
 def _standardises_weights(node: fx.Node, gm: fx.GraphModule) -> bool:
     """``F.batch_norm(w, None, None, training=True)``: weight standardisation, not a BatchNorm layer."""
     return op_name(node, gm) == "batch_norm" and arg(node, "running_mean") is None
+
+
+def eval_batch_norms(gm: fx.GraphModule) -> list[fx.Node]:
+    """The inference-mode ``batch_norm`` calls of ``gm`` (running statistics, ``training=False``)."""
+    return [n for n in gm.graph.nodes if n.op == "call_function" and op_name(n, gm) == "batch_norm"
+            and not _standardises_weights(n, gm) and arg(n, "training") is False]
+
+
+def guard_batch_norm_gradients(gm: fx.GraphModule) -> int:
+    """Put :func:`libra_fx.ops.contiguous_grad` after every eval ``batch_norm`` (a CPU kernel bug
+    at batch size 1, see there); forward values are unchanged. Returns how many were guarded."""
+    guarded = 0
+    for node in eval_batch_norms(gm):
+        if any(user.target is contiguous_grad for user in node.users):
+            continue
+        with gm.graph.inserting_after(node):
+            guard = gm.graph.call_function(contiguous_grad, (node,))
+        guard.meta.update({k: node.meta[k] for k in ("nn_module_stack", "stack_trace") if k in node.meta})
+        node.replace_all_uses_with(guard, delete_user_cb=lambda user: user is not guard)
+        guarded += 1
+    return guarded
 
 
 def as_eval_graph(gm: fx.GraphModule) -> int:
@@ -120,8 +142,9 @@ def _run_round(gm: fx.GraphModule, selected: Sequence, inputs: Optional[Iterable
     for rewrite_pass in selected:
         facts = analyse(gm, inputs)
         for node in list(rewrite_pass.match(facts)):
-            rewrites.append(rewrite_record(rewrite_pass.name, facts, node))
-            rewrite_pass.rewrite(facts, node)
+            record = rewrite_record(rewrite_pass.name, facts, node)
+            if rewrite_pass.rewrite(facts, node) is not False:
+                rewrites.append(record)
         gm.graph.lint()
     return rewrites
 
@@ -153,8 +176,11 @@ def _mode_dependent(model: nn.Module) -> bool:
 
 
 def _fresh(inputs: tuple) -> tuple:
-    """Copies of the tensor inputs: a model that mutates its input must not change the next run's."""
-    return tuple(x.clone() if isinstance(x, torch.Tensor) else x for x in inputs)
+    """Copies of the tensor inputs, floating ones asking for gradient as in attribution: a model that
+    mutates its input must not change the next run's, and a frozen model must not take a no-grad
+    kernel (``nn.TransformerEncoder``'s fused fast path) that attribution never runs."""
+    return tuple(x.detach().clone().requires_grad_(x.is_floating_point()) if isinstance(x, torch.Tensor) else x
+                 for x in inputs)
 
 
 def _same_output(expected: Any, actual: Any) -> bool:
@@ -164,8 +190,8 @@ def _same_output(expected: Any, actual: Any) -> bool:
 
 
 def _verify_forward(model: nn.Module, gm: fx.GraphModule, inputs: tuple, name: str) -> None:
-    # grad mode on, as in attribution: under no_grad some modules take other kernels
-    # (nn.MultiheadAttention's fast path), which would compare two different computations
+    # grad mode on and inputs asking for gradient, as in attribution: otherwise some modules take
+    # other kernels (nn.MultiheadAttention's fast path), which would compare two computations
     with torch.enable_grad():
         try:
             expected = model(*_fresh(inputs))
@@ -229,7 +255,7 @@ def _report_unbalanced(report: TransformReport, strict: bool) -> None:
 def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[Sequence[str]] = None,
               strict: bool = False, compile: bool = False, eval_mode: bool = True,
               verify: bool = True, leaf_types: Iterable[type] = (), inputs: Optional[Iterable[str]] = None,
-              **compile_kwargs) -> fx.GraphModule:
+              capture: str = "auto", dynamic_shapes: Any = None, **compile_kwargs) -> fx.GraphModule:
     """Return a module with ``model``'s forward values and LibraGrad's balanced backward.
 
     Pipeline: trace (``torch.fx``; ``torch.export`` fallback) → analyse (dataflow, which values carry
@@ -250,6 +276,9 @@ def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[
             in eval mode when ``eval_mode`` applied).
         leaf_types: extra module classes to keep whole when tracing.
         inputs: names of the placeholders to attribute (all by default).
+        capture: ``"auto"`` (symbolic tracing; ``torch.export`` when it fails or leaves opaque
+            pieces) or ``"export"`` (``torch.export`` only; needs ``example_inputs``).
+        dynamic_shapes: for the export capture, as ``torch.export.export`` takes them.
         **compile_kwargs: passed to ``torch.compile`` when ``compile=True``.
 
     Returns:
@@ -279,6 +308,7 @@ def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[
     name, timings = model_name(model), {}
     selected = check_passes(passes)
     example = _as_tuple(example_inputs)
+    check_capture(capture, example, name)
     if example is not None:
         check_inputs(model, example, name)
     reference = model
@@ -288,9 +318,10 @@ def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[
         reference = eval_clone(model)  # shares the weights; the user's modules keep their flags
     def balance(capture: str):
         with _timed(timings, "trace"):
-            gm = trace(reference, example, leaf_types=leaf_types, capture=capture)
+            gm = trace(reference, example, leaf_types=leaf_types, capture=capture, dynamic_shapes=dynamic_shapes)
         if eval_mode:
             as_eval_graph(gm)
+        guard_batch_norm_gradients(gm)
         align_state_dict(gm, model)
         traced = _copy_graph_module(gm)
         with _timed(timings, "rewrite"):
@@ -300,7 +331,7 @@ def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[
             findings = [finding_record(facts, node) for node in unbalanced(facts)] + _capture_findings(gm, facts)
         return gm, traced, rewrites, findings
 
-    gm, traced, rewrites, findings = balance("auto")
+    gm, traced, rewrites, findings = balance(capture)
     if _opaque_pieces(findings) and example is not None and gm.meta.get("libra_capture") == "symbolic_trace":
         gm, traced, rewrites, findings = _fewer_findings((gm, traced, rewrites, findings), balance)
     with _timed(timings, "recompile"):

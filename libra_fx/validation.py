@@ -14,7 +14,8 @@ from typing import Any, Iterable, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .errors import DeviceMismatchError, InputError, TargetError, UnknownMethodError, UnknownPassError
+from .errors import (ArgumentError, DeviceMismatchError, InputError, TargetError, UnknownMethodError,
+                     UnknownPassError)
 
 
 def _suggest(name: str, known: Iterable[str]) -> str:
@@ -201,3 +202,18 @@ def check_inputs(model: nn.Module, inputs: Sequence[Any], name: str = "") -> tup
 def shapes(inputs: Sequence[Any]) -> str:
     """``"(2, 3, 32, 32), int"``: the inputs' shapes (or types) for messages."""
     return ", ".join(str(tuple(x.shape)) if isinstance(x, torch.Tensor) else type(x).__name__ for x in inputs)
+
+
+CAPTURES = ("auto", "export")
+
+
+def check_capture(capture: str, example: Optional[tuple], model_name: str) -> None:
+    """A known capture mode, and example inputs when it is ``"export"``.
+
+    Raises:
+        ArgumentError: an unknown mode; InputError: ``"export"`` without example inputs.
+    """
+    if capture not in CAPTURES:
+        raise ArgumentError(f"unknown capture {capture!r}; use one of {', '.join(CAPTURES)}")
+    if capture == "export" and example is None:
+        raise InputError(f"{model_name}: capture='export' needs example_inputs (torch.export runs the model)")

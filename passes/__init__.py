@@ -7,12 +7,12 @@ Specific passes run first; the generic ones catch what they left.
 from __future__ import annotations
 
 from . import (divisor, gated_activation, gated_product, l2_normalize, linearize_activation,
-               multihead_attention, multiplicative_gate, normalization, sdpa_attention,
+               multihead_attention, multiplicative_gate, normalization, power, sdpa_attention,
                softmax_attention)
 from ._graph import Pass
 
 _ORDER = (sdpa_attention, softmax_attention, multihead_attention, normalization, l2_normalize,
-          gated_activation, multiplicative_gate, divisor, gated_product, linearize_activation)
+          gated_activation, multiplicative_gate, divisor, gated_product, power, linearize_activation)
 
 REGISTRY: dict[str, Pass] = {module.PASS.name: module.PASS for module in _ORDER}
 

@@ -20,14 +20,16 @@ class Pass:
         name: the name ``transform(passes=[...])`` accepts.
         group: the ablation group (``attention``, ``norm``, ``activation``, ``gate``, ``generic``).
         match: ``Facts -> iterable of Nodes`` to rewrite, computed before any of them is rewritten.
-        rewrite: ``(Facts, Node) -> None``; edits the graph in place around that node.
+        rewrite: ``(Facts, Node) -> None | bool``; edits the graph in place around that node. The
+            facts were computed before the round's first rewrite: a rewrite that finds its match
+            no longer holds returns ``False`` and changes nothing (the next round re-analyses).
         doc: the formula (the pass module's docstring).
     """
 
     name: str
     group: str
     match: Callable[[Facts], Iterable[fx.Node]]
-    rewrite: Callable[[Facts, fx.Node], None]
+    rewrite: Callable[[Facts, fx.Node], Optional[bool]]
     doc: str
 
     @property
@@ -57,9 +59,10 @@ def call_before(anchor: fx.Node, target: Callable, args: tuple, kwargs: Optional
     return _inherit_meta(new, anchor, pass_name)
 
 
-def detach_input(user: fx.Node, value: fx.Node, pass_name: str) -> fx.Node:
-    """Make ``user`` read ``const(value)`` instead of ``value`` (other users keep ``value``)."""
-    detached = call_before(user, const, (value,), None, pass_name)
+def detach_input(user: fx.Node, value: fx.Node, pass_name: str, detach: Callable = const) -> fx.Node:
+    """Make ``user`` read ``detach(value)`` (``const`` by default) instead of ``value``; other users
+    keep ``value``."""
+    detached = call_before(user, detach, (value,), None, pass_name)
     user.replace_input_with(value, detached)
     return detached
 

@@ -2,8 +2,9 @@
 
 For a product ``a·b`` of two input-dependent values, ``b`` is detached when
 
-* it is an elementwise function of ``a`` alone — a self-gate, the hand-written gated activation:
-  ``x*torch.sigmoid(1.702*x)`` (QuickGELU), ``x*sigmoid(x)``, ``x*relu6(x+3)/6``; or
+* it is an elementwise function of ``a`` alone, or of the x that ``a`` is a constant multiple of —
+  a self-gate, the hand-written gated activation: ``x*torch.sigmoid(1.702*x)`` (QuickGELU),
+  ``x*sigmoid(x)``, ``x*relu6(x+3)/6``, GPT-2's ``0.5*x*(1+tanh(√(2/π)(x+0.044715x³)))``; or
 * it is not FullGrad-complete while ``a`` is — a non-homogeneous scale such as
   ``x*torch.rsqrt(x.pow(2).mean(-1)+ε)`` (hand-written RMSNorm), ConvNeXt-v2's GRN response
   ``x*(gx/mean(gx))``, or a sigmoid gate ``σ(xW₁)·xW₂``.
@@ -17,6 +18,7 @@ from typing import Optional
 import torch.fx as fx
 
 from libra_fx.analysis import Facts, elementwise_of, is_product
+from libra_fx.opset import Kind
 
 from ._graph import Pass, detach_input, relevant_nodes
 
@@ -27,6 +29,20 @@ def _unbalanced(facts: Facts, node: fx.Node) -> bool:
     return verdict is not None and not verdict.balanced and not is_product(facts, node)
 
 
+_SCALINGS = ("mul", "div", "neg", "cast", "identity")
+
+
+def scaled_source(facts: Facts, value: fx.Node) -> fx.Node:
+    """The x that ``value`` is a constant multiple of (``0.5*x`` → x), or ``value`` itself."""
+    while facts.name(value) in _SCALINGS and not is_product(facts, value):
+        live = [a for a in value.all_input_nodes if facts.is_live(a)]
+        divisor_live = facts.name(value) == "div" and facts.is_live(value.args[1])
+        if len(live) != 1 or divisor_live or facts.kind(live[0]) is Kind.CONST:
+            break
+        value = live[0]
+    return value
+
+
 def gate_factor(facts: Facts, node: fx.Node) -> Optional[fx.Node]:
     """The factor of ``node`` (a two-factor mul) that acts as a gate, if one does."""
     live = [a for a in node.args[:2] if facts.is_live(a)]
@@ -34,7 +50,7 @@ def gate_factor(facts: Facts, node: fx.Node) -> Optional[fx.Node]:
         return None
     a, b = live
     for base, gate in ((a, b), (b, a)):
-        if elementwise_of(facts, gate, base):
+        if elementwise_of(facts, gate, base) or elementwise_of(facts, gate, scaled_source(facts, base)):
             return gate
     for base, gate in ((a, b), (b, a)):
         if _unbalanced(facts, gate) and not _unbalanced(facts, base):
@@ -46,8 +62,14 @@ def match(facts: Facts):
     return [n for n in relevant_nodes(facts, ("mul",)) if gate_factor(facts, n) is not None]
 
 
-def rewrite(facts: Facts, node: fx.Node) -> None:
-    detach_input(node, gate_factor(facts, node), PASS.name)
+def rewrite(facts: Facts, node: fx.Node) -> bool:
+    # an earlier rewrite in this round may have replaced a factor by a node the facts do not
+    # know (Hugging Face Mamba): no gate any more, and the next round decides afresh
+    gate = gate_factor(facts, node)
+    if gate is None:
+        return False
+    detach_input(node, gate, PASS.name)
+    return True
 
 
 PASS = Pass("multiplicative_gate", "activation", match, rewrite, __doc__)

@@ -3,26 +3,39 @@
 Rewrite ``F.scaled_dot_product_attention(q, k, v, ...)`` into
 ``F.scaled_dot_product_attention(const(q), const(k), v, ...)``: the same kernel on the same values
 (bit-identical forward, masks, ``is_causal``, ``scale`` and GQA untouched), with gradient only
-through V. RoPE and q/k-norm, upstream of q and k, fall inside the detached branch. An attention
-pool with a learned query (SigLIP's MAP head) is the same node with a constant q.
+through V. RoPE and q/k-norm, upstream of q and k, fall inside the detached branch. q and k are
+detached whenever they can carry any gradient, parameters included: in an attention pool with a
+learned query (SigLIP's MAP head) q does not depend on the input, yet without ``const`` the query
+projection's weights and bias would get gradient through the softmax. An additive ``attn_mask``
+built from parameters (MaxViT's relative-position MLP) is a score term too; it is blocked with
+``block_gradient``, which keeps ``requires_grad`` so that the CPU kernel takes the same path.
 """
 from __future__ import annotations
 
 from libra_fx.analysis import Facts
+from libra_fx.ops import block_gradient, const
 from libra_fx.opset import arg
 
 from ._graph import Pass, detach_input, relevant_nodes
 
 
+#: the arguments that only reach the output through the softmax
+SCORE_ARGS = ("query", "key", "attn_mask")
+
+
+def _scores_inputs(facts: Facts, node) -> list:
+    """q, k and the mask where they carry gradient (once each: self-attention passes x twice)."""
+    return list(dict.fromkeys(v for v in (arg(node, a) for a in SCORE_ARGS) if facts.carries_gradient(v)))
+
+
 def match(facts: Facts):
-    return [n for n in relevant_nodes(facts, ("sdpa",))
-            if facts.is_live(arg(n, "query")) or facts.is_live(arg(n, "key"))]
+    return [n for n in relevant_nodes(facts, ("sdpa",)) if _scores_inputs(facts, n)]
 
 
 def rewrite(facts: Facts, node) -> None:
-    query, key = arg(node, "query"), arg(node, "key")
-    for value in dict.fromkeys(v for v in (query, key) if facts.is_live(v)):
-        detach_input(node, value, PASS.name)
+    mask = arg(node, "attn_mask")
+    for value in _scores_inputs(facts, node):
+        detach_input(node, value, PASS.name, block_gradient if value is mask else const)
 
 
 PASS = Pass("sdpa_attention", "attention", match, rewrite, __doc__)

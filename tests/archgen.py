@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 
 import libra_fx
 from libra_fx.completeness import fullgrad_terms
+from libra_fx.grad_completeness import grad_completeness, randomise_bias_terms
 
 DIM, TOKENS, HEADS, CLASSES = 8, 5, 2, 3
 
@@ -73,6 +74,23 @@ def _eval_batch_norm() -> nn.Module:
     return bn
 
 
+class StarReLU(nn.Module):
+    """MetaFormer's ``s·relu(x)² + b`` (a power of a balanced value, plus a learned scalar bias)."""
+
+    def __init__(self):
+        super().__init__()
+        self.scale = nn.Parameter(torch.tensor(0.8))
+        self.bias = nn.Parameter(torch.tensor(-0.1))
+
+    def forward(self, x):
+        return self.scale * F.relu(x) ** 2 + self.bias
+
+
+def gelu_new(x):
+    """GPT-2's hand-written tanh GELU (``gelu_new``)."""
+    return 0.5 * x * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (x + 0.044715 * torch.pow(x, 3.0))))
+
+
 class Act(nn.Module):
     """One activation, in module, functional or hand-written spelling."""
 
@@ -80,13 +98,15 @@ class Act(nn.Module):
         "gelu": F.gelu, "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"), "silu": F.silu,
         "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x), "hardswish": F.hardswish,
         "relu": F.relu, "tanh": torch.tanh, "gelu_module": nn.GELU(), "silu_module": nn.SiLU(),
-        "hardswish_module": nn.Hardswish(),
+        "hardswish_module": nn.Hardswish(), "gelu_new": gelu_new, "relu_squared": lambda x: torch.square(F.relu(x)),
+        "star_relu": StarReLU,
     }
 
     def __init__(self, kind: str):
         super().__init__()
         self.kind = kind
-        self.fn = self.FUNCTIONS[kind]
+        function = self.FUNCTIONS[kind]
+        self.fn = function() if isinstance(function, type) else function
 
     def forward(self, x):
         return self.fn(x)
@@ -228,25 +248,27 @@ class Generated(nn.Module):
         tokens = TOKENS + int(spec.cls_token)
         blocks = [_block(b.kind, b.option, b.causal, tokens) for b in spec.blocks]
         self.blocks = nn.Sequential(*(Residual(m) if b.residual else m for m, b in zip(blocks, spec.blocks)))
-        self.pos = nn.Parameter(0.1 * torch.randn(1, TOKENS, DIM)) if spec.pos_embed else None
-        self.cls = nn.Parameter(0.1 * torch.randn(1, 1, DIM)) if spec.cls_token else None
+        self.pos_embed = nn.Parameter(0.1 * torch.randn(1, TOKENS, DIM)) if spec.pos_embed else None
+        self.cls_token = nn.Parameter(0.1 * torch.randn(1, 1, DIM)) if spec.cls_token else None
         self.head = nn.Linear(DIM, CLASSES)
 
     def forward(self, x):
-        if self.pos is not None:
-            x = x + self.pos
-        if self.cls is not None:
-            x = torch.cat((self.cls.expand(x.shape[0], -1, -1), x), dim=1)
+        if self.pos_embed is not None:
+            x = x + self.pos_embed
+        if self.cls_token is not None:
+            x = torch.cat((self.cls_token.expand(x.shape[0], -1, -1), x), dim=1)
         x = self.blocks(x)
         return self.head(x[:, 0] if self.spec.pool == "cls" else x.mean(1))
 
 
 def _randomise_biases(model: nn.Module) -> None:
-    # default inits leave norm biases at 0: bias terms would then be invisible to the check
+    # default inits leave norm biases (and MHA's projection biases) at 0: bias terms would then be
+    # invisible to the check, and a wrong b.grad would be multiplied by b = 0; norm weights too
     for module in model.modules():
         if isinstance(module, (nn.LayerNorm, nn.GroupNorm)) and module.bias is not None:
             nn.init.normal_(module.bias, 0, 0.2)
             nn.init.normal_(module.weight, 1, 0.2)
+    randomise_bias_terms(model, std=0.2, seed=0)
 
 
 def build(spec: Spec, dtype: torch.dtype = torch.float64) -> tuple[nn.Module, torch.Tensor]:
@@ -266,7 +288,8 @@ def check(spec: Spec, tolerance: float = 1e-8) -> Optional[str]:
     """``None`` if ``spec``'s model is transformed correctly, else what went wrong.
 
     Checks: the transform succeeds and reports no unbalanced op; the forward is bit-identical; the
-    FullGrad terms sum to the target logit within ``tolerance·(1 + |f|)`` in float64.
+    FullGrad terms sum to the target logit within ``tolerance·(1 + |f|)`` in float64, both as
+    libra_fx decomposes it and as ``Σ x·x.grad + Σ b·b.grad`` over the additive parameters reads it.
     """
     model, x = build(spec)
     with warnings.catch_warnings():
@@ -282,4 +305,7 @@ def check(spec: Spec, tolerance: float = 1e-8) -> Optional[str]:
     error = (terms.score - terms.total).abs().max().item()
     if error > tolerance * (1 + terms.score.abs().max().item()):
         return f"completeness error {error:.3e} (score {terms.score.tolist()})"
+    independent = grad_completeness(gm, (x,), lambda out: out[:, 0], model=model)
+    if abs(independent.residual) > tolerance * (1 + independent.scale):
+        return f"completeness from .grad: error {independent.residual:.3e} (additive: {independent.additive})"
     return None

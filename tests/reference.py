@@ -28,7 +28,8 @@ def _sdpa(q, k, v, attn_mask=None, dropout_p=0.0, is_causal=False, scale=None, e
         causal = torch.ones(q.shape[-2], k.shape[-2], dtype=torch.bool, device=q.device).tril()
         scores = scores.masked_fill(~causal, float("-inf"))
     if attn_mask is not None:
-        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask
+        # the whole softmax is constant: a mask built from parameters (relative position) included
+        scores = scores.masked_fill(~attn_mask, float("-inf")) if attn_mask.dtype == torch.bool else scores + attn_mask.detach()
     return torch.softmax(scores, -1) @ v
 
 
@@ -180,6 +181,41 @@ def input_gradient(model: nn.Module, x: torch.Tensor, target) -> torch.Tensor:
     score = target(out) if callable(target) else out[:, target]
     (grad,) = torch.autograd.grad(score.sum(), x)
     return grad
+
+
+def all_gradients(forward, x: torch.Tensor, target, parameters: list) -> list[torch.Tensor]:
+    """∇ of the target score (summed over the batch) w.r.t. ``x`` and each of ``parameters``
+    (zeros where a parameter gets none): the gradients a user reads from ``.grad``."""
+    x = x.detach().clone().requires_grad_(True)
+    out = forward(x)
+    score = target(out) if callable(target) else out[:, target]
+    grads = torch.autograd.grad(score.sum(), [x, *parameters], allow_unused=True)
+    return [torch.zeros_like(t) if g is None else g for t, g in zip([x, *parameters], grads)]
+
+
+def reference_parameters(reference, model: nn.Module) -> list[nn.Parameter]:
+    """``model``'s parameters as ``reference`` uses them, in ``model.parameters()`` order: a
+    :class:`ReferenceModel` holds a copy (its wrappers keep the order), a hand-written reference
+    function uses the model's own."""
+    return list(reference.parameters()) if isinstance(reference, nn.Module) else list(model.parameters())
+
+
+def gradient_mismatches(balanced, reference, model: nn.Module, x: torch.Tensor, target,
+                        tolerance: float = 1e-5) -> list[str]:
+    """Names of the inputs/parameters whose gradient in ``balanced`` differs from ``reference``'s
+    (relative difference above ``tolerance``, beyond round-off of the largest gradient; where the
+    reference gradient is exactly zero, any non-zero gradient is a mismatch: q/k projections behind
+    a detached softmax get none)."""
+    names = ["input"] + [n for n, _ in model.named_parameters()]
+    actual = all_gradients(balanced, x, target, list(model.parameters()))
+    expected = all_gradients(reference, x, target, reference_parameters(reference, model))
+    round_off = 1e-10 * max(e.norm().item() for e in expected)
+    wrong = []
+    for name, a, e in zip(names, actual, expected):
+        zero = not e.any()
+        if (zero and a.any()) or (a - e).norm().item() > tolerance * e.norm().item() + round_off:
+            wrong.append(name)
+    return wrong
 
 
 def relative_difference(a: torch.Tensor, b: torch.Tensor) -> float:

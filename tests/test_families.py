@@ -10,9 +10,10 @@ import torch
 
 import libra_fx
 from libra_fx.completeness import fullgrad_terms
+from libra_fx.grad_completeness import grad_completeness, randomise_bias_terms
 
 from .families import COMPLETE_CNNS, FAMILIES
-from .reference import ReferenceModel, input_gradient, relative_difference
+from .reference import ReferenceModel, gradient_mismatches, input_gradient, relative_difference
 
 TARGET = 1
 
@@ -29,7 +30,7 @@ def family(request):
 @pytest.fixture(scope="module")
 def family64(family):
     name, model, x, _ = family
-    model64 = copy.deepcopy(model).double()
+    model64 = randomise_bias_terms(copy.deepcopy(model).double())  # zero-initialised biases hide wrong .grads
     return name, model64, x.double(), libra_fx.transform(model64, x.double(), strict=True)
 
 
@@ -46,6 +47,26 @@ def test_gradient_equals_reference(family64):
     expected = input_gradient(ReferenceModel(model), x, TARGET)
     actual = input_gradient(balanced, x, TARGET)
     assert relative_difference(actual, expected) <= 1e-5, name
+
+
+def test_every_parameter_gradient_equals_reference(family64):
+    """Every parameter's ``.grad`` is the Libra one: q/k projections get none, products are halved."""
+    name, model, x, balanced = family64
+    assert gradient_mismatches(balanced, ReferenceModel(model), model, x, TARGET) == [], name
+
+
+def test_completeness_from_grad_agrees(family64):
+    """FullGrad as a user computes it, ``Σ x·x.grad + Σ b·b.grad`` over the additive parameters,
+    is complete and agrees with libra_fx's own decomposition."""
+    name, model, x, balanced = family64
+    target = lambda out: out[:, TARGET]
+    independent = grad_completeness(balanced, (x,), target, model=model)
+    terms = fullgrad_terms(balanced, (x,), TARGET)
+    own = float((terms.score - terms.total).sum())
+    assert independent.error <= 1e-5, (name, independent.error)
+    assert abs(own - independent.residual) / independent.scale <= 1e-5, name
+    plain = grad_completeness(balanced.libra_report.traced, (x,), target, model=model)
+    assert plain.error > 10 * max(independent.error, 1e-12), f"{name}: the check must see plain gradients fail"
 
 
 def test_fullgrad_completeness(family64):

@@ -13,7 +13,8 @@ import libra_fx
 import passes
 from libra_fx.completeness import fullgrad_terms
 
-from .reference import ReferenceModel, input_gradient, relative_difference
+from .archgen import StarReLU, gelu_new
+from .reference import ReferenceModel, gradient_mismatches, input_gradient, relative_difference
 
 torch.manual_seed(0)
 D = 8
@@ -173,6 +174,19 @@ def _ref_hand_norm(m: HandNorm):
     return forward
 
 
+def _ref_gelu_new(m: Activation):
+    gate = lambda h: 0.5 * (1.0 + torch.tanh(math.sqrt(2.0 / math.pi) * (h + 0.044715 * torch.pow(h, 3.0))))
+    return lambda x: m.fc2(_detached_gate(gate)(m.fc1(x))).sum(1)
+
+
+def _ref_star_relu(m: Activation):
+    def forward(x):
+        squared = F.relu(m.fc1(x)) ** 2
+        halved = 0.5 * squared + (0.5 * squared).detach()
+        return m.fc2(m.act.scale * halved + m.act.bias).sum(1)
+    return forward
+
+
 def _via_mode(m):
     return ReferenceModel(m)
 
@@ -201,6 +215,8 @@ CASES = [
     ("swiglu", lambda: SwiGLU(2), (2, 5, D), "gated_product", lambda m: _ref_swiglu(m, 2)),
     ("triple_product", lambda: SwiGLU(3), (2, 5, D), "gated_product", lambda m: _ref_swiglu(m, 3)),
     ("tanh_unknown", lambda: Activation(nn.Tanh()), (2, 5, D), "linearize_activation", _ref_tanh),
+    ("gelu_new_hand", lambda: Activation(Lambda(gelu_new)), (2, 5, D), "multiplicative_gate", _ref_gelu_new),
+    ("star_relu_power", lambda: Activation(StarReLU()), (2, 5, D), "power", _ref_star_relu),
 ]
 
 
@@ -225,6 +241,7 @@ def test_pass(case):
     ref = (reference or _explicit_reference)(model)
     expected = input_gradient(lambda t: ref(t), x, 0)
     assert relative_difference(input_gradient(balanced, x, 0), expected) <= 1e-5
+    assert gradient_mismatches(balanced, ref, model, x, 0) == []  # every parameter's .grad is the Libra one
     assert fullgrad_terms(balanced, (x,), 0).completeness_error.max().item() <= 1e-8
 
 

@@ -33,7 +33,7 @@ def _strict_raises(entry: Entry) -> bool:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         try:
-            libra_fx.transform(model, (x,), strict=True, **entry.transform_kwargs)
+            libra_fx.transform(model, x, strict=True, **entry.transform_kwargs)
         except UnbalancedError:
             return True
     return False
@@ -54,11 +54,14 @@ def test_zoo(entry: Entry):
     # (nan before is fine: a -inf causal mask is an additive constant, and 0·(-inf) = nan)
     assert not result.ce_before <= 1e-3, f"{entry.name}: plain gradient already complete: the check is vacuous"
     assert result.ce_after <= TOLERANCE, f"{entry.name}: completeness error {result.ce_after:.2e}"
+    # the user's way: Σ x·x.grad + Σ b·b.grad over the additive parameters, and agreement with ours
+    assert result.grad_ce_after <= TOLERANCE, f"{entry.name}: .grad completeness error {result.grad_ce_after:.2e}"
+    assert result.own_vs_grad <= 1e-5, f"{entry.name}: libra_fx and .grad decompositions differ"
 
 
 def test_zoo_size():
     balanced = [e for e in ZOO if not e.expect_unbalanced]
-    assert len(ZOO) >= 24 and len(balanced) >= 20
+    assert len(ZOO) >= 28 and len(balanced) >= 24
 
 
 def test_fx_wrapped_function_is_reported_without_example_inputs():
