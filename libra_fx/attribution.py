@@ -419,7 +419,8 @@ def _run_probe(ctx, inputs, target, taps, bias, grad, raw_grad) -> FullGradTerms
             elif grad:
                 grads = torch.autograd.grad(score.sum(), wanted, allow_unused=True)
     batch = inputs[0].shape[0]
-    per_row = score.shape[1] if score is not None and score.dim() == 2 else 1
+    # without a backward there is nothing per target: values keep their B rows
+    per_row = score.shape[1] if grad and score.dim() == 2 else 1
     rows = lambda value: _rows(value, batch, per_row)
     attributed, site_values, tapped = [rows(x) for x in attributed], [rows(y) for y in site_values], [rows(v) for v in tapped]
     biases = [rows(b) if isinstance(b, torch.Tensor) and b.dim() == y.dim() else b for b, y in zip(biases, site_values)]
