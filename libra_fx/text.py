@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 from .attribution import (METHODS, Attribution, Context, Geometry, Partial, RowTarget, attention_maps,
-                          register, run_method)
+                          run_method)
 from .completeness import first_tensor
 from .errors import InputError, TargetError
 from .transform import transform

@@ -12,8 +12,6 @@ import json
 from dataclasses import dataclass
 from typing import Any, Optional, Sequence
 
-import torch
-
 
 @dataclass
 class TextRow:
