@@ -434,6 +434,14 @@ def _check_ids(input_ids: Any, attention_mask: Any) -> tuple[torch.Tensor, torch
     return ids.long(), mask.long()
 
 
+def _check_vocabulary(lm: TextModel, ids: torch.Tensor) -> None:
+    size = lm.model.get_input_embeddings().num_embeddings
+    bad = ids[(ids < 0) | (ids >= size)]
+    if bad.numel():
+        raise InputError(f"{type(lm.model).__name__}: token id {int(bad[0])} is out of range for the "
+                         f"vocabulary of {size} (a tokenizer of another model?)")
+
+
 def _shape_rows(value: Optional[torch.Tensor], batch: int, per_row: int, mask: torch.Tensor):
     """``(B·K, T, ...)`` rows → ``(B, T, ...)`` or ``(B, K, T, ...)``, padding set to 0."""
     if value is None:
@@ -486,6 +494,7 @@ def attribute_text(model: Union[nn.Module, TextModel], input_ids: Any, attention
     check_method(method, text_methods())
     lm = model if isinstance(model, TextModel) else TextModel(model)
     ids, mask = _check_ids(input_ids, attention_mask)
+    _check_vocabulary(lm, ids)
     resolved = resolve_target(lm, ids.to(lm._device), mask.to(lm._device), target)
     inputs = lm.inputs(resolved.input_ids, resolved.mask)
     gm = lm.graph(inputs)

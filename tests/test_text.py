@@ -106,6 +106,18 @@ def test_fullgrad_is_complete_on_llama():
     _check_fullgrad(*_randomised("tiny-llama"), target=7)
 
 
+GELU_NEW = "GPT-2's gelu_new is a hand-written tanh GELU the gate pass does not match yet (core fix in progress)"
+
+
+@pytest.mark.parametrize("name", [
+    "roberta", "distilbert", "opt", "falcon",
+    pytest.param("gpt2", marks=pytest.mark.xfail(strict=True, reason=GELU_NEW)),
+    pytest.param("qwen2", marks=pytest.mark.xfail(strict=True, reason=LLAMA_CAST)),
+])
+def test_fullgrad_is_complete_on_more_families(name):
+    _check_fullgrad(*_randomised(name), target=1)
+
+
 # --------------------------------------------------------------------------- targets
 
 
@@ -229,6 +241,8 @@ def test_bad_text_arguments(neox):
         libra_fx.attribute(lm, input_ids=torch.tensor([[1, 2]]), attention_mask=torch.ones(1, 3), method="fullgrad")
     with pytest.raises(InputError, match="integer token ids"):
         libra_fx.attribute(lm, input_ids=torch.randn(1, 3), method="fullgrad")
+    with pytest.raises(InputError, match="token id 500 is out of range for the vocabulary of 98"):
+        libra_fx.attribute(lm, input_ids=torch.tensor([[1, 500]]), method="fullgrad")
 
 
 # --------------------------------------------------------------------------- command line
