@@ -79,7 +79,18 @@ def tiny_config(model_type: str, vocab_size: int, **overrides: Any):
 
 
 def model_head(config) -> type:
-    """The auto class for a config: sequence classification for encoder-only types, else causal LM."""
+    """The auto class for a config: sequence classification for encoder-only types, else causal LM.
+
+    Args:
+        config: a ``transformers`` config.
+
+    Returns:
+        ``AutoModelForSequenceClassification`` or ``AutoModelForCausalLM``.
+
+    Example:
+        >>> model_head(tiny_config("bert", 98)).__name__
+        'AutoModelForSequenceClassification'
+    """
     from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     return AutoModelForSequenceClassification if config.model_type in ENCODER_TYPES else AutoModelForCausalLM
@@ -114,7 +125,20 @@ def tiny_model(name: str = "tiny-llama", seed: int = 0) -> tuple[nn.Module, Char
 
 
 def pretrained_model(name: str) -> tuple[nn.Module, Any]:
-    """``from_pretrained`` model (causal LM, else sequence classifier) and tokenizer (downloads)."""
+    """``from_pretrained`` model (causal LM, else sequence classifier) and tokenizer (downloads).
+
+    Args:
+        name: a hub name (``gpt2``, ``Qwen/Qwen2.5-0.5B``) or a local folder.
+
+    Returns:
+        ``(model in eval mode, tokenizer)``.
+
+    Raises:
+        LibraError: offline, unknown name, or no weights.
+
+    Example:
+        >>> model, tok = pretrained_model("gpt2")  # doctest: +SKIP (downloads)
+    """
     from transformers import AutoConfig, AutoTokenizer
 
     try:

@@ -67,17 +67,51 @@ class EmbeddingsForward(nn.Module):
 
 
 def position_ids(mask: torch.Tensor) -> torch.Tensor:
-    """Positions that skip padding: ``cumsum(mask) − 1`` (0 on padding), as HF ``generate`` does."""
+    """Positions that skip padding: ``cumsum(mask) − 1`` (0 on padding), as HF ``generate`` does.
+
+    Args:
+        mask: ``(B, T)`` attention mask, 1 for tokens.
+
+    Returns:
+        ``(B, T)`` long positions.
+
+    Example:
+        >>> position_ids(torch.tensor([[0, 0, 1, 1], [1, 1, 0, 1]]))
+        tensor([[0, 0, 0, 1],
+                [0, 1, 1, 2]])
+    """
     return (mask.long().cumsum(-1) - 1).clamp_min(0)
 
 
 def last_positions(mask: torch.Tensor) -> torch.Tensor:
-    """``(B,)`` index of each row's last real token (left or right padding)."""
+    """Index of each row's last real token (left or right padding).
+
+    Args:
+        mask: ``(B, T)`` attention mask.
+
+    Returns:
+        ``(B,)`` long indices.
+
+    Example:
+        >>> last_positions(torch.tensor([[0, 1, 1], [1, 1, 0]]))
+        tensor([2, 1])
+    """
     return mask.shape[1] - 1 - mask.long().flip(-1).argmax(-1)
 
 
 def is_language_model(model: nn.Module) -> bool:
-    """Whether ``model`` predicts tokens (has an output embedding / LM head), not classes."""
+    """Whether ``model`` predicts tokens (has an output embedding / LM head), not classes.
+
+    Args:
+        model: a ``transformers`` model.
+
+    Returns:
+        ``True`` for causal/masked LMs, ``False`` for classifiers.
+
+    Example:
+        >>> is_language_model(tiny_model("tiny-llama")[0]), is_language_model(tiny_model("bert")[0])
+        (True, False)
+    """
     getter = getattr(model, "get_output_embeddings", None)
     return callable(getter) and getter() is not None
 
@@ -333,7 +367,18 @@ class TextGeometry(Geometry):
 
 
 def text_geometry(batch: int, length: int) -> TextGeometry:
-    """The geometry of ``(batch, length)`` token inputs: a ``1 × length`` grid, no prefix."""
+    """The geometry of ``(batch, length)`` token inputs: a ``1 × length`` grid, no prefix.
+
+    Args:
+        batch, length: the token inputs' shape.
+
+    Returns:
+        :class:`TextGeometry`.
+
+    Example:
+        >>> text_geometry(2, 5).locate(torch.zeros(2, 5, 8))[0].shape
+        torch.Size([2, 5, 8])
+    """
     return TextGeometry(batch, None, grid=(1, length), prefix=0, tokens=True, length=length)
 
 
@@ -383,7 +428,16 @@ TEXT_METHODS: dict[str, Callable[[Context], Partial]] = {"rollout": text_rollout
 
 
 def text_methods() -> dict[str, Callable[[Context], Partial]]:
-    """Every method usable on token sequences."""
+    """Every method usable on token sequences.
+
+    Returns:
+        name -> method: :data:`~libra_fx.attribution.METHODS` with the text variants of
+        :data:`TEXT_METHODS` in place of the vision ones.
+
+    Example:
+        >>> "rollout" in text_methods() and "fullgrad" in text_methods()
+        True
+    """
     return {**METHODS, **TEXT_METHODS}
 
 

@@ -92,7 +92,17 @@ def _style(value: float, scale: float) -> str:
 
 
 def terminal_text(row: TextRow):
-    """A rich ``Text`` of the row's tokens on red (positive) / blue (negative) backgrounds."""
+    """A rich ``Text`` of the row's tokens on red (positive) / blue (negative) backgrounds.
+
+    Args:
+        row: one explained score.
+
+    Returns:
+        ``rich.text.Text``: the label, then each token styled by its relevance.
+
+    Example:
+        >>> Console().print(terminal_text(rows(result, tok)[0]))
+    """
     from rich.text import Text
 
     scale = max((abs(v) for v in row.relevance), default=0.0)
@@ -105,6 +115,15 @@ def terminal_text(row: TextRow):
 
 def print_terminal(results: dict[str, Any], tokenizer: Any, console=None, sample: int = 0) -> None:
     """Print each result (``{"plain": r, "libra": r}``) as coloured token lines, one per target.
+
+    Args:
+        results: name -> :class:`~libra_fx.text.TextAttribution`.
+        tokenizer: anything with ``convert_ids_to_tokens``.
+        console: a ``rich`` console (default: a new one on stdout).
+        sample: which batch row.
+
+    Returns:
+        Nothing; prints.
 
     Example:
         >>> print_terminal({"libra": result}, tok)
@@ -187,6 +206,14 @@ def to_html(results: dict[str, Any], tokenizer: Any, title: str, sample: int = 0
 def to_dict(results: dict[str, Any], tokenizer: Any, sample: int = 0) -> dict:
     """JSON-ready dict: per result, the method, Libra flag, blocks and each explained row.
 
+    Args:
+        results: name -> :class:`~libra_fx.text.TextAttribution`.
+        tokenizer: anything with ``convert_ids_to_tokens``.
+        sample: which batch row.
+
+    Returns:
+        name -> ``{"method", "libra", "blocks", "input_ids", "attention_mask", "rows"}``.
+
     Example:
         >>> json.dumps(to_dict({"libra": result}, tok))
     """
@@ -202,5 +229,17 @@ def to_dict(results: dict[str, Any], tokenizer: Any, sample: int = 0) -> dict:
 
 
 def to_json(results: dict[str, Any], tokenizer: Any, sample: int = 0, **extra: Any) -> str:
-    """:func:`to_dict` plus ``extra`` top-level fields, as indented JSON text."""
+    """:func:`to_dict` plus ``extra`` top-level fields, as indented JSON text.
+
+    Args:
+        results, tokenizer, sample: as for :func:`to_dict`.
+        **extra: top-level fields (``model=``, ``text=``).
+
+    Returns:
+        ``{**extra, "results": to_dict(...)}`` as JSON.
+
+    Example:
+        >>> json.loads(to_json({"libra": result}, tok, model="hf:tiny-llama"))["model"]
+        'hf:tiny-llama'
+    """
     return json.dumps({**extra, "results": to_dict(results, tokenizer, sample)}, indent=2)

@@ -207,6 +207,18 @@ def test_one_capture_serves_every_length(neox):
     assert list(lm.captures) == ["dynamic"]
 
 
+def test_a_bare_model_is_captured_per_call_and_left_alone():
+    model, tok = tiny_model("opt")
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    modules = [type(m) for m in model.modules()]
+    ids = torch.tensor([tok.encode("the cat")])
+    result = libra_fx.attribute(model, input_ids=ids, target=3, method="input_x_gradient")
+    expected = model(input_ids=ids).logits[0, -1, 3]
+    torch.testing.assert_close(result.score[0], expected.detach())
+    assert [type(m) for m in model.modules()] == modules and model.training is False
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 class _NoDynamic(TextModel):
     """A model whose dynamic graph serves no shape: every new shape is captured on its own."""
 
