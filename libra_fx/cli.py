@@ -491,12 +491,11 @@ def run_explain(args) -> int:
     return EXIT_OK
 
 
-def _text_target(args, loaded, ids):
+def _text_target(args, loaded, lm, ids):
     """--continuation / --generate N (language models) or --target [--foil]; the model's own
     prediction when none is given."""
-    from libra_fx.text import Contrast, TextModel, greedy_continuation
+    from libra_fx.text import Contrast, greedy_continuation
 
-    lm = loaded.extras["text_model"]
     if args.target and args.foil is not None:
         return Contrast(args.target[0], args.foil)
     if args.target:
@@ -516,15 +515,18 @@ def run_explain_text(args) -> int:
     import libra_fx
     from libra_fx import textview
 
+    from libra_fx.text import TextModel
+
     if not args.text:
         raise LibraError("explain hf:MODEL needs --text \"...\" (the prompt to explain)")
+    selected = _parse_passes(args.passes)
     with _quiet():
         loaded = _load(args)
     if not loaded.pretrained:
         _note(RANDOM_WEIGHTS_NOTE.format(model=loaded.name))
-    tokenizer, lm = loaded.extras["tokenizer"], loaded.extras["text_model"]
+    tokenizer, lm = loaded.extras["tokenizer"], TextModel(loaded.model, passes=selected)
     ids = torch.tensor([tokenizer.encode(args.text)])
-    target = _text_target(args, loaded, ids)
+    target = _text_target(args, loaded, lm, ids)
     with _quiet():
         results = {name: libra_fx.attribute(lm, input_ids=ids, target=target, method=args.method, libra=flag)
                    for name, flag in (("plain", False), ("libra", True))}
@@ -587,7 +589,8 @@ def _explain_args(p):
     _add_model_args(p)
     p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="images or folders (default: a sample)")
     p.add_argument("--method", default="fullgrad+", help="attribution method (default fullgrad+)")
-    p.add_argument("--target", type=int, action="append", metavar="CLASS", help="class index; repeat for rows")
+    p.add_argument("--target", type=int, action="append", metavar="CLASS",
+                   help="class index; repeat for rows (hf: a next-token id; repeated: a continuation of ids)")
     p.add_argument("--prompt", action="append", metavar="TEXT", help="CLIP prompt; repeat for rows")
     p.add_argument("--out", default="libra-fx-out", metavar="DIR", help="output folder (default libra-fx-out)")
     p.add_argument("--text", metavar="TEXT", help="hf: models: the prompt to explain")

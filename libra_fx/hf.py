@@ -9,6 +9,7 @@
 """
 from __future__ import annotations
 
+import difflib
 import string
 from typing import Any, Sequence
 
@@ -72,10 +73,14 @@ def tiny_config(model_type: str, vocab_size: int, **overrides: Any):
 
     sizes = {**TINY_SIZES, "vocab_size": vocab_size, "pad_token_id": 0, "bos_token_id": 2, "eos_token_id": 2,
              **overrides}
-    try:
-        return AutoConfig.for_model(model_type, **sizes)
-    except ValueError as exc:
-        raise LibraError(f"unknown hf model type {model_type!r}: {str(exc).splitlines()[0]}") from None
+    from transformers.models.auto.configuration_auto import CONFIG_MAPPING_NAMES
+
+    if model_type not in CONFIG_MAPPING_NAMES:
+        close = difflib.get_close_matches(model_type, list(CONFIG_MAPPING_NAMES), n=3)
+        hint = f"; did you mean {', '.join(close)}?" if close else ""
+        raise LibraError(f"unknown hf model type {model_type!r}{hint} (built in: {', '.join(BUILTIN)}; "
+                         "a hub name needs --pretrained)")
+    return AutoConfig.for_model(model_type, **sizes)
 
 
 def model_head(config) -> type:

@@ -276,6 +276,14 @@ def test_cli_explain_tiny_llama_offline(tmp_path):
     assert [len(r["tokens"]) for r in rows] == [12, 13, 14] and rows[0]["tokens"][1:] == list("the cat sat")
 
 
+def test_cli_unknown_hf_model_is_one_line(capsys):
+    from libra_fx import cli
+
+    assert cli.main(["audit", "hf:lama"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown hf model type 'lama'; did you mean llama" in err[0]
+
+
 def test_cli_audit_and_diff_on_hf(tmp_path):
     from libra_fx import cli
 
