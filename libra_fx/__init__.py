@@ -13,6 +13,7 @@ from .compile import compile
 from .completeness import completeness_error, fullgrad_terms, target_score
 from .errors import LibraError, TraceError, UnbalancedError
 from .ops import const, scale_grad, swap_backward
+from .text import Contrast, TextAttribution, TextModel
 from .tracing import trace
 from .transform import is_transformed, transform
 
@@ -20,6 +21,6 @@ __all__ = [
     "transform", "compile", "trace", "audit", "AuditReport", "attribute", "Attribution", "METHODS",
     "analyse", "completeness_error", "fullgrad_terms", "target_score", "const", "swap_backward",
     "scale_grad", "is_transformed", "LibraError", "TraceError", "UnbalancedError", "ops", "functional",
-    "analysis", "bias",
+    "analysis", "bias", "TextModel", "TextAttribution", "Contrast",
 ]
 __version__ = "0.1.0"

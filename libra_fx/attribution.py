@@ -30,6 +30,8 @@ from .blocks import Block, find_blocks
 from .completeness import FullGradTerms, Target, fullgrad_terms, instrument, target_score
 from .errors import LibraError
 from .maps import pixel_scores
+from .tracing import structured_output
+from .validation import check_method
 from .opset import arg, op_name
 from .transform import is_transformed, transform
 
@@ -95,6 +97,14 @@ class Geometry:
             return self.prefix if extra == self.prefix else None
         return extra if 0 <= extra < tokens else None
 
+    def locate(self, value: torch.Tensor) -> Optional[tuple[torch.Tensor, tuple[int, int]]]:
+        """See :func:`locations`; subclasses (text sequences) lay tensors out their own way."""
+        return _image_locations(value, self)
+
+    def input_piece(self, attr: torch.Tensor) -> Optional[torch.Tensor]:
+        """``(B, h, w)`` per-location sum of an input attribution (images: per pixel), or ``None``."""
+        return pixel_scores(attr) if attr.dim() == 4 else None
+
 
 def _ratio_matches(h: int, w: int, image_size: Optional[tuple[int, int]]) -> bool:
     if image_size is None:
@@ -104,6 +114,11 @@ def _ratio_matches(h: int, w: int, image_size: Optional[tuple[int, int]]) -> boo
 
 
 def locations(value: torch.Tensor, geo: Geometry) -> Optional[tuple[torch.Tensor, tuple[int, int]]]:
+    """View an activation as ``(B, L, D)`` over the model's locations: ``geo.locate(value)``."""
+    return geo.locate(value)
+
+
+def _image_locations(value: torch.Tensor, geo: Geometry) -> Optional[tuple[torch.Tensor, tuple[int, int]]]:
     """View an activation as ``(B, L, D)`` over a spatial grid of ``L = h·w`` locations.
 
     Token sequences ``(B, T, D)`` (prefix dropped; also ``(T, B, D)`` and channel-major ``(B, D, N)``),
@@ -255,6 +270,44 @@ def _compiled_probe(ctx: Context, bias: bool, taps: tuple):
     return ctx.probes[key]
 
 
+class RowTarget:
+    """A callable target that carries per-sample data (token positions, ids) and may explain several
+    scores per sample.
+
+    ``target(output)`` returns ``(B,)`` scores, or ``(B, K)`` for ``per_row = K`` targets per sample:
+    the run then does ONE forward and one backward per target, batched with
+    ``torch.autograd.grad(..., is_grads_batched=True)``, and every result has ``B·K`` rows in
+    (sample, target) order. Methods that repeat samples (integrated gradients' path) call
+    :meth:`repeat_interleave` and slice the target with ``target[rows]``, as for a tensor of classes.
+    """
+
+    per_row: int = 1
+
+    def __call__(self, output: Any) -> torch.Tensor:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def repeat_interleave(self, repeats: int) -> "RowTarget":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def __getitem__(self, rows: slice) -> "RowTarget":  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def targets_per_row(target: Any) -> int:
+    """How many scores per sample ``target`` explains (1 unless it is a :class:`RowTarget`)."""
+    return target.per_row if isinstance(target, RowTarget) else 1
+
+
+def _score(ctx: Context, flat_output: Any, target: Target) -> torch.Tensor:
+    """The explained scores from an instrumented copy's flat output.
+
+    The copy returns the graph's flat leaves; the model's own structure (a ``ModelOutput``, a
+    dataclass) is rebuilt first, so that an int target indexes ``logits`` as it does for FullGrad.
+    """
+    output = structured_output(ctx.gm, flat_output)
+    return target(output) if isinstance(target, RowTarget) else target_score(output, target)
+
+
 def run_graph(ctx: Context, inputs: tuple, target: Optional[Target], taps: Sequence[fx.Node] = (),
               bias: bool = False, grad: bool = True, raw_grad: bool = False) -> FullGradTerms:
     """One forward and (when ``grad``) one ``torch.autograd.grad`` of ``ctx.gm`` on ``inputs``.
@@ -262,7 +315,8 @@ def run_graph(ctx: Context, inputs: tuple, target: Optional[Target], taps: Seque
     With ``bias`` (and no compilation) this is :func:`libra_fx.completeness.fullgrad_terms`;
     otherwise the same instrumented graph, possibly compiled and without bias outputs. Only the
     gradients of the inputs, bias sites and taps are asked for, so autograd never computes a weight
-    gradient. The geometry taps are added here and consumed by :func:`_learn_geometry`.
+    gradient. The geometry taps are added here and consumed by :func:`_learn_geometry`. A
+    :class:`RowTarget` with ``K`` targets per sample gives ``B·K`` rows (one batched backward).
 
     Args:
         ctx: the call's context.
@@ -278,7 +332,8 @@ def run_graph(ctx: Context, inputs: tuple, target: Optional[Target], taps: Seque
     """
     extra = ctx.geometry_taps()
     taps = tuple(taps) + tuple(extra.values())
-    if bias and grad and not ctx.compiled and not raw_grad:
+    single = targets_per_row(target) == 1
+    if bias and grad and single and not ctx.compiled and not raw_grad:
         terms = fullgrad_terms(ctx.gm, inputs, target, facts=ctx.facts, taps=taps)
     else:
         terms = _run_probe(ctx, inputs, target, taps, bias, grad, raw_grad)
@@ -293,6 +348,9 @@ def _compiled_pass(ctx, inputs, target, taps, bias):
 
     One eager forward without gradient first gives the probe shapes (so compiled runs cost one extra
     forward)."""
+    if targets_per_row(target) > 1:
+        raise LibraError("compiled=True explains one score per sample; several targets per sample "
+                         "(a teacher-forced continuation) run eagerly: pass compiled=False")
     eager, compiled, count, positions, sites = _compiled_probe(ctx, bias, taps)
     with torch.no_grad():
         _, site_values, _, tapped = eager(*inputs)
@@ -304,10 +362,43 @@ def _compiled_pass(ctx, inputs, target, taps, bias):
     attributed = [x for x in inputs if x.requires_grad]
     with torch.enable_grad():
         output, _, biases, _ = compiled(*inputs, **{f"libra_probe_{i}": p for i, p in enumerate(probes)})
-        score = target_score(output, target)
+        score = _score(ctx, output, target)
         grads = torch.autograd.grad(score.sum(), [*attributed, *probes], allow_unused=True)
     probe_grads = grads[len(attributed):]
     return output, site_values, biases, tapped, score, [*grads[:len(attributed)], *(probe_grads[i] for i in positions)], sites, attributed
+
+
+def _rows(value: Any, batch: int, per_row: int) -> Any:
+    """A per-sample tensor repeated to ``batch·per_row`` rows (sample-major); others unchanged."""
+    if per_row == 1 or not isinstance(value, torch.Tensor) or value.dim() == 0 or value.shape[0] != batch:
+        return value
+    return value.repeat_interleave(per_row, 0)
+
+
+def _batched_backward(score: torch.Tensor, wanted: list) -> list:
+    """Gradients of each of the K columns of a ``(B, K)`` score, as ``(B·K, ...)`` rows.
+
+    One backward per target, vmapped over the K one-hot output gradients (``is_grads_batched``);
+    where an op's backward has no batching rule, K backwards through the same forward instead.
+    """
+    batch, per_row = score.shape
+    onehot = torch.eye(per_row, dtype=score.dtype, device=score.device).unsqueeze(1).expand(per_row, batch, per_row)
+    try:
+        grads = torch.autograd.grad(score, wanted, onehot, is_grads_batched=True, allow_unused=True,
+                                    retain_graph=True)
+    except RuntimeError:
+        per_target = [torch.autograd.grad(score[:, k].sum(), wanted, allow_unused=True, retain_graph=True)
+                      for k in range(per_row)]
+        grads = [None if parts[0] is None else torch.stack(parts) for parts in zip(*per_target)]
+    return [_target_major_to_rows(g, batch) for g in grads]
+
+
+def _target_major_to_rows(grad: Optional[torch.Tensor], batch: int) -> Optional[torch.Tensor]:
+    if grad is None:
+        return None
+    if grad.dim() < 2 or grad.shape[1] != batch:  # a value without a batch dimension: total over targets
+        return grad.sum(0)
+    return grad.transpose(0, 1).reshape(-1, *grad.shape[2:])
 
 
 def _run_probe(ctx, inputs, target, taps, bias, grad, raw_grad) -> FullGradTerms:
@@ -320,14 +411,24 @@ def _run_probe(ctx, inputs, target, taps, bias, grad, raw_grad) -> FullGradTerms
         attributed = [x for x in inputs if x.requires_grad]
         with torch.set_grad_enabled(grad):
             output, site_values, biases, tapped = probe(*inputs)
-            score = target_score(output, target) if target is not None else None
+            score = _score(ctx, output, target) if target is not None else None
             wanted = [*attributed, *site_values, *tapped]
-            grads = torch.autograd.grad(score.sum(), wanted, allow_unused=True) if grad else [None] * len(wanted)
+            grads = [None] * len(wanted)
+            if grad and score.dim() == 2:
+                grads = _batched_backward(score, wanted)
+            elif grad:
+                grads = torch.autograd.grad(score.sum(), wanted, allow_unused=True)
+    batch = inputs[0].shape[0]
+    # without a backward there is nothing per target: values keep their B rows
+    per_row = score.shape[1] if grad and score.dim() == 2 else 1
+    rows = lambda value: _rows(value, batch, per_row)
+    attributed, site_values, tapped = [rows(x) for x in attributed], [rows(y) for y in site_values], [rows(v) for v in tapped]
+    biases = [rows(b) if isinstance(b, torch.Tensor) and b.dim() == y.dim() else b for b, y in zip(biases, site_values)]
     n_in, n_sites = len(attributed), len(site_values)
     zero = lambda g, like: g if g is not None else torch.zeros_like(like)
     input_attr = [zero(g, x) if raw_grad else x.detach() * zero(g, x) for x, g in zip(attributed, grads)]
     site_attr = [(zero(g, y) * b).detach() for g, y, b in zip(grads[n_in:n_in + n_sites], site_values, biases)]
-    score = score.detach() if score is not None else torch.full((ctx.geo.batch,), float("nan"))
+    score = score.detach().reshape(-1) if score is not None else torch.full((ctx.geo.batch,), float("nan"))
     bias_attr = sum((s.reshape(s.shape[0], -1).sum(1) for s in site_attr), torch.zeros_like(score))
     # a tapped value may be None (an optional mask placeholder left at its default)
     taps_out = [(v.detach() if isinstance(v, torch.Tensor) else v, g) for v, g in zip(tapped, grads[n_in + n_sites:])]
@@ -362,17 +463,14 @@ def register(name: str):
     return decorate
 
 
-def _input_piece(attr: torch.Tensor) -> list[torch.Tensor]:
-    return [pixel_scores(attr)] if attr.dim() == 4 else []
+def _input_piece(ctx: Context, attr: torch.Tensor) -> list[torch.Tensor]:
+    piece = ctx.geo.input_piece(attr)
+    return [] if piece is None else [piece]
 
 
 def _site_pieces(ctx: Context, terms: FullGradTerms) -> list[torch.Tensor]:
     pieces = (spatial_sum(a, ctx.geo) for a in terms.site_attr)
     return [p for p in pieces if p is not None]
-
-
-def _first_input(inputs: tuple) -> torch.Tensor:
-    return next(t for t in inputs if t.is_floating_point())
 
 
 def _gradients(ctx: Context, inputs: tuple, target: Target) -> tuple[torch.Tensor, torch.Tensor]:
@@ -385,21 +483,34 @@ def _gradients(ctx: Context, inputs: tuple, target: Target) -> tuple[torch.Tenso
 def gradient(ctx: Context) -> Partial:
     """Plain gradient ∇ₓf; the map sums it over channels (signed)."""
     grad, score = _gradients(ctx, ctx.inputs, ctx.target)
-    return Partial(score, _input_piece(grad), input_attr=grad)
+    return Partial(score, _input_piece(ctx, grad), input_attr=grad)
 
 
 @register("input_x_gradient")
 def input_x_gradient(ctx: Context) -> Partial:
     """Input×Gradient x⊙∇ₓf."""
-    grad, score = _gradients(ctx, ctx.inputs, ctx.target)
-    attr = _first_input(ctx.inputs).detach() * grad
-    return Partial(score, _input_piece(attr), input_attr=attr)
+    terms = run_graph(ctx, ctx.inputs, ctx.target)
+    attr = terms.input_attr[0]
+    return Partial(terms.score, _input_piece(ctx, attr), input_attr=attr)
 
 
 def _expand_target(target: Target, repeats: int) -> Target:
-    if isinstance(target, torch.Tensor):
+    if isinstance(target, (torch.Tensor, RowTarget)):
         return target.repeat_interleave(repeats)
     return target  # an int is shared; a callable must score each row on its own
+
+
+def _path_inputs(ctx: Context, steps: int) -> tuple:
+    """Further inputs for the path rows: per-sample tensors (a text model's attention mask and
+    positions) follow their sample's ``steps`` rows; anything else is shared."""
+    batch = ctx.inputs[0].shape[0]
+    return tuple(_rows(t, batch, steps) for t in ctx.inputs[1:])
+
+
+def _chunk(value: Any, rows: slice, total: int) -> Any:
+    if isinstance(value, RowTarget) or (isinstance(value, torch.Tensor) and value.dim() and value.shape[0] == total):
+        return value[rows]
+    return value
 
 
 @register("integrated_gradients")
@@ -408,7 +519,7 @@ def integrated_gradients(ctx: Context) -> Partial:
 
     Options: ``baseline`` (tensor or float, default 0), ``steps`` (50), ``internal_batch_size``
     (rows per forward, default ``B·steps``: all at once). The first input is interpolated; further
-    inputs are passed unchanged to every chunk.
+    per-sample inputs (first dimension B) are repeated along the path, others passed unchanged.
     """
     # the score pass at batch B first: it also learns the token geometry at the true batch size
     score = run_graph(ctx, ctx.inputs, ctx.target, grad=False).score
@@ -421,16 +532,18 @@ def integrated_gradients(ctx: Context) -> Partial:
     # rows ordered (sample, step) so that a (B,) target repeats per sample
     path = base.unsqueeze(1) + alphas.view(1, -1, *[1] * (x.dim() - 1)) * (x - base).unsqueeze(1)
     path = path.reshape(-1, *x.shape[1:])
-    target = _expand_target(ctx.target, steps)
-    chunk = int(chunk or path.shape[0])
+    target, rest = _expand_target(ctx.target, steps), _path_inputs(ctx, steps)
+    chunk, total = int(chunk or path.shape[0]), path.shape[0]
     grads = []
-    for start in range(0, path.shape[0], chunk):
+    for start in range(0, total, chunk):
         rows = slice(start, start + chunk)
-        part_target = target[rows] if isinstance(target, torch.Tensor) else target
-        grads.append(_gradients(ctx, (path[rows], *ctx.inputs[1:]), part_target)[0])
-    mean_grad = torch.cat(grads).reshape(x.shape[0], steps, *x.shape[1:]).mean(1)
-    attr = (x - base) * mean_grad
-    return Partial(score, _input_piece(attr), input_attr=attr)
+        part = tuple(_chunk(t, rows, total) for t in rest)
+        grads.append(_gradients(ctx, (path[rows], *part), _chunk(target, rows, total))[0])
+    per_row = targets_per_row(ctx.target)
+    # gradient rows come (sample, step, target): average the steps
+    mean_grad = torch.cat(grads).reshape(x.shape[0], steps, per_row, *x.shape[1:]).mean(1).flatten(0, 1)
+    attr = _rows(x - base, x.shape[0], per_row) * mean_grad
+    return Partial(score, _input_piece(ctx, attr), input_attr=attr)
 
 
 @register("fullgrad")
@@ -438,7 +551,7 @@ def fullgrad(ctx: Context) -> Partial:
     """FullGrad: x⊙∇ₓf plus every bias×gradient; bias maps are summed per location into the map."""
     terms = run_graph(ctx, ctx.inputs, ctx.target, bias=True)
     attr = terms.input_attr[0]
-    pieces = _input_piece(attr) + _site_pieces(ctx, terms)
+    pieces = _input_piece(ctx, attr) + _site_pieces(ctx, terms)
     return Partial(terms.score, pieces, input_attr=attr, bias_attr=terms.bias_attr,
                    completeness_error=terms.completeness_error)
 
@@ -705,54 +818,41 @@ def _image_map(partial: Partial, geo: Geometry, mode: str) -> Optional[torch.Ten
     return sum(resample(p, geo.image_size, mode) for p in partial.pieces)
 
 
-def attribute(model: nn.Module, inputs: Inputs, target: Target, method: str = "fullgrad+",
-              libra: bool = True, blocks: Optional[Sequence[str]] = None, compiled: bool = False,
-              **options: Any) -> Attribution:
-    """Attribute ``target`` to the input of ``model`` with ``method``, on the balanced or plain graph.
+def run_method(gm: fx.GraphModule, inputs: tuple, target: Optional[Target], method: str, geo: Geometry,
+               libra: bool, blocks: Optional[Sequence[str]] = None, compiled: bool = False,
+               options: Optional[dict] = None, attributed: Optional[Sequence[str]] = None,
+               methods: Optional[dict] = None) -> Attribution:
+    """Run one registered method on a captured graph: the part of :func:`attribute` shared by the
+    image and the text front ends (:mod:`libra_fx.text`).
 
     Args:
-        model: an ``nn.Module`` (transformed here, nothing is cached) or the output of
-            :func:`libra_fx.transform`.
-        inputs: the input tensor, or a tuple of positional inputs (the first floating one is the image).
-        target: an int class, a ``(B,)`` tensor of classes, or a callable ``output -> (B,)`` scores.
-        method: one of :data:`METHODS`: ``gradient``, ``input_x_gradient``, ``integrated_gradients``,
-            ``fullgrad``, ``fullgrad+``, ``gradcam``, ``hirescam``, ``gradcam+``, ``xgradcam+``,
-            ``rollout``, ``raw_attention``.
-        libra: use the balanced graph (``True``) or the plain trace of the same model (``False``).
-        blocks: module paths of the blocks (default: discovered from the model, see
-            :mod:`libra_fx.blocks`).
-        compiled: run the instrumented graph through ``torch.compile`` (pays off for large batches).
-        **options: ``steps``, ``baseline``, ``internal_batch_size`` (integrated gradients);
-            ``num_prefix_tokens``, ``grid_size`` (override the token layout); ``upsample``
-            (interpolation mode of ``image_map``, default ``"bilinear"``).
+        gm: the graph to run (balanced, or the plain trace).
+        inputs: its positional inputs.
+        target: what to explain.
+        method: a name in ``methods``.
+        geo: how activations map to locations (:class:`Geometry` or a subclass).
+        libra: recorded in the result.
+        blocks: block module paths (default: discovered).
+        compiled: run through ``torch.compile``.
+        options: method options; any left unused is an error.
+        attributed: names of the attributed placeholders (default: every placeholder).
+        methods: the method registry (default :data:`METHODS`; text adds its own variants).
 
     Returns:
         :class:`Attribution`.
 
-    Raises:
-        LibraError: unknown method or option; no blocks for a block method; no attention for a
-            baseline.
-
     Example:
-        >>> import timm, torch, libra_fx
-        >>> vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2).eval()
-        >>> result = libra_fx.attribute(vit, torch.randn(2, 3, 32, 32), target=3, method="fullgrad")
-        >>> result.image_map.shape, result.token_scores.shape
-        (torch.Size([2, 32, 32]), torch.Size([2, 16]))
-        >>> bool(result.completeness_error.max() < 1e-4)
-        True
+        >>> gm = libra_fx.transform(vit)
+        >>> run_method(gm, (x,), 0, "fullgrad", Geometry(1, (32, 32)), libra=True).score.shape
+        torch.Size([1])
     """
-    if method not in METHODS:
-        raise LibraError(f"unknown attribution method {method!r}; choose from {sorted(METHODS)}")
-    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
-    options = dict(options)
+    methods = METHODS if methods is None else methods
+    check_method(method, methods)
+    options = dict(options or {})
     mode = options.pop("upsample", "bilinear")
-    geo = _geometry(model, inputs, options)
-    gm = _graph(model, inputs, libra)
-    facts = analyse(gm)
-    found = find_blocks(facts, blocks)
-    ctx = Context(gm, facts, inputs, target, found, geo, compiled, options)
-    partial = METHODS[method](ctx)
+    facts = analyse(gm, attributed)
+    ctx = Context(gm, facts, inputs, target, find_blocks(facts, blocks), geo, compiled, options)
+    partial = methods[method](ctx)
     unused = [k for k in ctx.options if not k.startswith("_")]
     if unused:
         raise LibraError(f"attribute: method {method!r} takes no option(s) {unused}")
@@ -767,3 +867,62 @@ def attribute(model: nn.Module, inputs: Inputs, target: Target, method: str = "f
         libra=libra,
         blocks=partial.blocks,
     )
+
+
+def attribute(model: nn.Module, inputs: Optional[Inputs] = None, target: Any = None, method: str = "fullgrad+",
+              libra: bool = True, blocks: Optional[Sequence[str]] = None, compiled: bool = False,
+              *, input_ids: Optional[torch.Tensor] = None, attention_mask: Optional[torch.Tensor] = None,
+              **options: Any) -> Attribution:
+    """Attribute ``target`` to the input of ``model`` with ``method``, on the balanced or plain graph.
+
+    Images (``inputs=``) or token ids (``input_ids=``, a Hugging Face model: see
+    :func:`libra_fx.text.attribute_text` for targets, padding and the result's shapes).
+
+    Args:
+        model: an ``nn.Module`` (transformed here, nothing is cached) or the output of
+            :func:`libra_fx.transform`; with ``input_ids``, a ``transformers`` model or a
+            :class:`libra_fx.text.TextModel` (which keeps its capture across calls).
+        inputs: the input tensor, or a tuple of positional inputs (the first floating one is the image).
+        target: an int class, a ``(B,)`` tensor of classes, or a callable ``output -> (B,)`` scores;
+            for text also a list of continuation tokens or a :class:`libra_fx.text.Contrast`.
+        method: one of :data:`METHODS`: ``gradient``, ``input_x_gradient``, ``integrated_gradients``,
+            ``fullgrad``, ``fullgrad+``, ``gradcam``, ``hirescam``, ``gradcam+``, ``xgradcam+``,
+            ``rollout``, ``raw_attention``.
+        libra: use the balanced graph (``True``) or the plain trace of the same model (``False``).
+        blocks: module paths of the blocks (default: discovered from the model, see
+            :mod:`libra_fx.blocks`).
+        compiled: run the instrumented graph through ``torch.compile`` (pays off for large batches).
+        input_ids: ``(B, T)`` token ids: explain a language model (the embeddings are attributed).
+        attention_mask: ``(B, T)`` 1 for tokens, 0 for padding (left or right), with ``input_ids``.
+        **options: ``steps``, ``baseline``, ``internal_batch_size`` (integrated gradients);
+            ``num_prefix_tokens``, ``grid_size`` (override the token layout); ``upsample``
+            (interpolation mode of ``image_map``, default ``"bilinear"``).
+
+    Returns:
+        :class:`Attribution` (:class:`libra_fx.text.TextAttribution` for ``input_ids``).
+
+    Raises:
+        UnknownMethodError: an unknown method (names the closest one).
+        LibraError: an unknown option; no blocks for a block method; no attention for a baseline.
+
+    Example:
+        >>> import timm, torch, libra_fx
+        >>> vit = timm.create_model("vit_tiny_patch16_224", img_size=32, patch_size=8, depth=2).eval()
+        >>> result = libra_fx.attribute(vit, torch.randn(2, 3, 32, 32), target=3, method="fullgrad")
+        >>> result.image_map.shape, result.token_scores.shape
+        (torch.Size([2, 32, 32]), torch.Size([2, 16]))
+        >>> bool(result.completeness_error.max() < 1e-4)
+        True
+    """
+    if input_ids is not None:
+        from .text import attribute_text
+        return attribute_text(model, input_ids, attention_mask, target, method=method, libra=libra,
+                              blocks=blocks, compiled=compiled, **options)
+    check_method(method, METHODS)  # before the (slow) capture
+    if inputs is None:
+        raise LibraError("attribute: pass inputs= (an image batch) or input_ids= (token ids)")
+    inputs = tuple(inputs) if isinstance(inputs, (tuple, list)) else (inputs,)
+    options = dict(options)
+    geo = _geometry(model, inputs, options)
+    gm = _graph(model, inputs, libra)
+    return run_method(gm, inputs, target, method, geo, libra, blocks, compiled, options)

@@ -8,7 +8,8 @@ Commands::
     libra-fx passes          the available passes and groups
 
 MODEL is a timm name (``vit_tiny_patch16_224``), ``timm:NAME``, ``open_clip:ARCH``,
-``torchvision:NAME`` or ``path/to/file.py:factory``. Weights are random unless
+``torchvision:NAME``, ``hf:NAME`` (``hf:tiny-llama`` works offline; ``explain`` then takes
+``--text "..."``) or ``path/to/file.py:factory``. Weights are random unless
 ``--pretrained`` or ``--checkpoint`` is given.
 
 Errors the user can fix (unknown model, unreadable image, untraceable model, ...) print one
@@ -148,8 +149,9 @@ def run_diff(args) -> int:
 
     selected = _parse_passes(args.passes)  # before the model loads: typos fail fast
     loaded = _load(args)
+    module, example, kwargs = loaded.capture_args()
     with _quiet():
-        gm = libra_fx.transform(loaded.model, (loaded.example_input(),), passes=selected)
+        gm = libra_fx.transform(module, example, passes=selected, **kwargs)
     report = gm.libra_report
     before, after = gdiff.render_graph(report.traced), gdiff.render_graph(gm)
     lines = gdiff.unified(before, after, context=args.context, name=loaded.name)
@@ -229,7 +231,12 @@ def run_audit(args) -> int:
     selected = _parse_passes(args.passes)
     loaded = _load(args)
     with _quiet():
-        result = libra_fx.audit(loaded.model, (loaded.example_input(),), passes=selected)
+        if loaded.kind == "hf":  # completeness on the embeddings only, the model's own next token
+            from libra_fx.text import TextModel, audit_text
+
+            result = audit_text(TextModel(loaded.model, passes=selected), length=loaded.input_size[0])
+        else:
+            result = libra_fx.audit(loaded.model, (loaded.example_input(),), passes=selected)
     data = {
         "model": loaded.name,
         "input_size": list(loaded.input_size),
@@ -442,6 +449,10 @@ def run_explain(args) -> int:
     import libra_fx
     from libra_fx import viz
 
+    if args.model.startswith("hf:"):
+        return run_explain_text(args)
+    if args.text:
+        raise LibraError("--text needs an hf:MODEL (a Hugging Face language model or classifier)")
     images = collect_images(args.images)  # validate inputs before the (slow) model load
     if args.prompt and not args.model.startswith("open_clip:"):
         raise LibraError("--prompt needs an open_clip:ARCH model (it scores images against text)")
@@ -480,6 +491,58 @@ def run_explain(args) -> int:
     return EXIT_OK
 
 
+def _text_target(args, loaded, lm, ids):
+    """--continuation / --generate N (language models) or --target [--foil]; the model's own
+    prediction when none is given."""
+    from libra_fx.text import Contrast, greedy_continuation
+
+    if args.target and args.foil is not None:
+        return Contrast(args.target[0], args.foil)
+    if args.target:
+        return args.target if len(args.target) > 1 and lm.is_lm else args.target[0]
+    if args.continuation:
+        return loaded.extras["tokenizer"].encode(args.continuation, add_special_tokens=False)
+    if lm.is_lm and args.generate > 0:
+        return greedy_continuation(lm, ids, args.generate)
+    return None
+
+
+def run_explain_text(args) -> int:
+    """``libra-fx explain hf:MODEL --text ...``: plain vs Libra token relevance in the terminal,
+    and a self-contained HTML page plus JSON in ``--out``."""
+    import torch
+
+    import libra_fx
+    from libra_fx import textview
+
+    from libra_fx.text import TextModel
+
+    if not args.text:
+        raise LibraError("explain hf:MODEL needs --text \"...\" (the prompt to explain)")
+    selected = _parse_passes(args.passes)
+    with _quiet():
+        loaded = _load(args)
+    if not loaded.pretrained:
+        _note(RANDOM_WEIGHTS_NOTE.format(model=loaded.name))
+    tokenizer, lm = loaded.extras["tokenizer"], TextModel(loaded.model, passes=selected)
+    ids = torch.tensor([tokenizer.encode(args.text)])
+    target = _text_target(args, loaded, lm, ids)
+    with _quiet():
+        results = {name: libra_fx.attribute(lm, input_ids=ids, target=target, method=args.method, libra=flag)
+                   for name, flag in (("plain", False), ("libra", True))}
+    textview.print_terminal(results, tokenizer, _console())
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", f"{loaded.name}__{args.method.replace('+', 'plus')}")
+    title = f"{loaded.name} · {args.method} · {'pretrained' if loaded.pretrained else 'random weights'}"
+    page, data = out / f"{stem}.html", out / f"{stem}.json"
+    page.write_text(textview.to_html(results, tokenizer, title), encoding="utf-8")
+    data.write_text(textview.to_json(results, tokenizer, model=loaded.name, text=args.text), encoding="utf-8")
+    for path in (page, data):
+        print(path)
+    return EXIT_OK
+
+
 # --------------------------------------------------------------------------- passes
 
 
@@ -501,7 +564,7 @@ def run_passes(args) -> int:
 
 
 def _add_model_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("model", help="timm name, timm:NAME, open_clip:ARCH, torchvision:NAME or file.py:factory")
+    p.add_argument("model", help="timm name, timm:NAME, open_clip:ARCH, torchvision:NAME, hf:NAME or file.py:factory")
     p.add_argument("--pretrained", action="store_true", help="load the library's pretrained weights (downloads)")
     p.add_argument("--checkpoint", metavar="PATH", help="load a state dict from PATH")
     p.add_argument("--input-size", metavar="N|HxW|C,H,W", help="input size (default: the model's own)")
@@ -526,9 +589,15 @@ def _explain_args(p):
     _add_model_args(p)
     p.add_argument("images", nargs="*", metavar="IMAGE_OR_DIR", help="images or folders (default: a sample)")
     p.add_argument("--method", default="fullgrad+", help="attribution method (default fullgrad+)")
-    p.add_argument("--target", type=int, action="append", metavar="CLASS", help="class index; repeat for rows")
+    p.add_argument("--target", type=int, action="append", metavar="CLASS",
+                   help="class index; repeat for rows (hf: a next-token id; repeated: a continuation of ids)")
     p.add_argument("--prompt", action="append", metavar="TEXT", help="CLIP prompt; repeat for rows")
     p.add_argument("--out", default="libra-fx-out", metavar="DIR", help="output folder (default libra-fx-out)")
+    p.add_argument("--text", metavar="TEXT", help="hf: models: the prompt to explain")
+    p.add_argument("--generate", type=int, default=3, metavar="N",
+                   help="hf: language models: explain the N tokens the model generates (default 3)")
+    p.add_argument("--continuation", metavar="TEXT", help="hf: language models: explain this continuation")
+    p.add_argument("--foil", type=int, metavar="ID", help="hf: with --target ID, explain logit(ID) - logit(FOIL)")
 
 
 #: subcommand -> (help, argument adder, runner)

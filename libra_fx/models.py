@@ -7,6 +7,9 @@ Specs:
 ``timm:NAME``                   the same, explicit
 ``open_clip:ARCH``              an open_clip image tower scored against text prompts
 ``torchvision:NAME``            a torchvision classification model
+``hf:tiny-llama``               a built-in tiny Llama with a character tokenizer (offline)
+``hf:MODEL_TYPE``               a tiny random ``transformers`` model of that type (``hf:gpt2``)
+``hf:HUB_NAME --pretrained``    a ``transformers`` hub checkpoint and its tokenizer (downloads)
 ``path/to/file.py:factory``     ``factory()`` from a user file (``:factory`` optional)
 ==============================  =====================================================
 
@@ -51,7 +54,7 @@ class LoadedModel:
         input_size: ``(C, H, W)`` the model expects.
         transform: PIL image -> ``(C, H, W)`` normalised tensor.
         target_fn: optional ``outputs -> (B,)`` score function (user files may define one).
-        kind: the loader used: ``"timm"``, ``"open_clip"``, ``"torchvision"`` or ``"file"``.
+        kind: the loader used: ``"timm"``, ``"open_clip"``, ``"torchvision"``, ``"hf"`` or ``"file"``.
         mean, std: normalisation applied by ``transform`` (to show the image un-normalised).
         labels: names of the output classes where known (CLIP: the prompts).
         pretrained: whether real weights were loaded (pretrained or checkpoint).
@@ -78,6 +81,22 @@ class LoadedModel:
         """
         gen = torch.Generator().manual_seed(seed)
         return torch.randn(batch, *self.input_size, generator=gen)
+
+    def capture_args(self) -> tuple[nn.Module, tuple, dict]:
+        """What ``diff``/``audit`` transform: ``(module, example inputs, transform keywords)``.
+
+        Images: the model on :meth:`example_input`. ``hf:`` models: the model called on
+        embeddings (:class:`libra_fx.text.EmbeddingsForward`), only the embeddings attributed.
+
+        Example:
+            >>> module, inputs, kwargs = load_model("resnet18", input_size=32).capture_args()
+        """
+        text_model = self.extras.get("text_model")
+        if text_model is not None:
+            from libra_fx.text import ATTRIBUTED
+
+            return text_model.wrapper, text_model.example_inputs(length=self.input_size[0]), {"inputs": ATTRIBUTED}
+        return self.model, (self.example_input(),), {}
 
     def label(self, index: int) -> str:
         """Human-readable name of output ``index`` (``"class 7"`` when unknown)."""
@@ -327,11 +346,24 @@ def _create(fn, name, **kwargs):
         raise LibraError(f"cannot create {name}: {why}: {first}") from exc
 
 
+def _load_hf(name, pretrained, input_size):
+    from libra_fx.hf import pretrained_model, tiny_model
+    from libra_fx.text import TextModel
+
+    model, tokenizer = pretrained_model(name) if pretrained else tiny_model(name)
+    length = input_size[-1] if input_size else 8  # example sequence length for diff/audit
+    return LoadedModel(
+        model, f"hf:{name}", (length,), tokenizer.encode, kind="hf",
+        extras={"tokenizer": tokenizer, "text_model": TextModel(model)},
+    )
+
+
 #: namespace prefix -> loader(name, pretrained, input_size)
 LOADERS: dict[str, Callable[..., LoadedModel]] = {
     "timm": _load_timm,
     "torchvision": _load_torchvision,
     "open_clip": _load_open_clip,
+    "hf": _load_hf,
     "file": _load_file,
 }
 

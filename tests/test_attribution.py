@@ -2,6 +2,8 @@
 one backward), and the plain/Libra switch. Random weights only; small images (32×32, patch 8)."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import warnings
 
 import pytest
@@ -10,6 +12,7 @@ import torch.nn as nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import libra_fx
+from libra_fx.errors import UnknownMethodError
 from libra_fx.attribution import METHODS, attribute
 from libra_fx.blocks import discover_block_names
 
@@ -54,7 +57,9 @@ def test_image_map_is_a_density(balanced_vit, image):
 
 
 def test_unknown_method_and_option(balanced_vit, image):
-    with pytest.raises(libra_fx.LibraError, match="unknown attribution method"):
+    with pytest.raises(UnknownMethodError, match="unknown attribution method 'fulgrad' .*did you mean 'fullgrad'"):
+        attribute(balanced_vit, image, 0, method="fulgrad")
+    with pytest.raises(UnknownMethodError, match="known methods: .*rollout"):
         attribute(balanced_vit, image, 0, method="lrp")
     with pytest.raises(libra_fx.LibraError, match="no option"):
         attribute(balanced_vit, image, 0, method="fullgrad", steps=3)
@@ -214,3 +219,32 @@ def test_compiled_matches_eager(balanced_vit, image):
     eager = attribute(balanced_vit, image, 3, method="fullgrad+")
     compiled = attribute(balanced_vit, image, 3, method="fullgrad+", compiled=True)
     torch.testing.assert_close(compiled.image_map, eager.image_map, rtol=1e-4, atol=1e-7)
+
+
+# --------------------------------------------------------------------------- structured outputs
+
+
+@dataclass
+class _FeaturesThenLogits:
+    features: torch.Tensor
+    logits: torch.Tensor
+
+
+class _Structured(nn.Module):
+    """Returns a dataclass whose FIRST tensor is not the logits (as many ModelOutputs do)."""
+
+    def __init__(self):
+        super().__init__()
+        self.body, self.head = nn.Linear(6, 4), nn.Linear(4, 3)
+
+    def forward(self, x):
+        features = torch.relu(self.body(x))
+        return _FeaturesThenLogits(features, self.head(features))
+
+
+@pytest.mark.parametrize("method", ["gradient", "input_x_gradient", "integrated_gradients", "fullgrad"])
+def test_every_method_explains_the_logits_field(method):
+    torch.manual_seed(0)
+    model, x = _Structured().eval(), torch.randn(2, 6)
+    result = attribute(model, x, 2, method=method)
+    torch.testing.assert_close(result.score, model(x).logits[:, 2].detach())
