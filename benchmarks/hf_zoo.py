@@ -416,7 +416,10 @@ HF_ZOO: tuple[HFEntry, ...] = (
                                  local_attention=4, pad_token_id=0,
                                  **{k: v for k, v in _ENC.items() if k != "num_hidden_layers"}),
            "RoPE, GeGLU, bias-free LayerNorm, local/global attention"),
-    _entry("t5", t5("eager"), "encoder-decoder, relative-position bias, RMSNorm, ReLU", "eager"),
+    _entry("t5", t5("eager"), "encoder-decoder, relative-position bias, RMSNorm, ReLU", "eager",
+           note="balanced in float64 only: in a float32 model `x.to(float32)` returns x itself, export records "
+                "that aten.to as the base of x·rsqrt(·) too, and the unknown cast stops the gate rule (issue 11 #5; "
+                "CE 1.2 in float32, tests/test_hf_zoo.py::test_hf_zoo_float32)"),
     _entry("vit", vit(), "ViT image classifier, class token"),
     _entry("clip", zero_shot("clip"), "zero-shot logit, QuickGELU, L2-normalised features", defect=INPUT_CAST),
     _entry("siglip", zero_shot("siglip"), "MAP-head pooling (nn.MultiheadAttention), logit bias",
@@ -517,3 +520,23 @@ def strict_raises(entry: HFEntry) -> bool:
         except libra_fx.UnbalancedError:
             return True
     return False
+
+
+# ----------------------------------------------------------------------------------------------
+# beyond the zoo: token ids, KV caches, other sequence lengths (README.hfzoo.md)
+
+
+class EmbeddingsToLastLogits(nn.Module):
+    """A causal LM on ``inputs_embeds`` of any length, no mask: the last position's logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, embeds):
+        return self.model(inputs_embeds=embeds, use_cache=False).logits[:, -1]
+
+
+def tiny_llama() -> nn.Module:
+    """The zoo's random-weight Llama (``AutoModelForCausalLM``), float64, eval mode, unwrapped."""
+    return _from_config("AutoModelForCausalLM", _config("llama", **_DECODER), "sdpa").double()

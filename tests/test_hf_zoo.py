@@ -9,15 +9,20 @@ the ops and ``strict=True`` raises. Entries that fail today because of a known e
 """
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 import torch.nn as nn
 
-from benchmarks.hf_zoo import HF_ZOO, HFEntry, check, grad_completeness, is_additive, strict_raises
+from benchmarks.hf_zoo import BY_KEY, CAST, HF_ZOO, HFEntry, check, grad_completeness, is_additive, strict_raises
 
 pytest.importorskip("transformers")
 
 TOLERANCE = 1e-5  # the issue's target (it asks for fp32; the check runs in float64 where it can)
+
+#: failures that only show in float32
+FP32_DEFECTS = {("t5", "eager"): CAST}
 
 
 @pytest.fixture(autouse=True, scope="module")
@@ -33,10 +38,7 @@ def _param(entry: HFEntry):
     return pytest.param(entry, marks=marks, id=f"{entry.name}-{entry.attn or 'none'}")
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("entry", [_param(e) for e in HF_ZOO])
-def test_hf_zoo(entry: HFEntry):
-    result = check(entry)
+def _assert_balanced(entry: HFEntry, result) -> None:
     assert not result.error, f"{entry.name}: {result.error}"
     assert result.forward_equal, f"{entry.name}: forward not bit-identical"
     assert result.untouched, f"{entry.name}: the original model changed"
@@ -51,6 +53,25 @@ def test_hf_zoo(entry: HFEntry):
     assert abs(result.ce_after - result.ce_after_grad) <= TOLERANCE, (
         f"{entry.name}: libra_fx's completeness_error {result.ce_after:.2e} disagrees with .grad "
         f"{result.ce_after_grad:.2e}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", [_param(e) for e in HF_ZOO])
+def test_hf_zoo(entry: HFEntry):
+    _assert_balanced(entry, check(entry))
+
+
+#: float32 too (the issue's target), for one model per failure mode: a float64 run can hide one —
+#: T5's RMSNorm casts to float32, which is a no-op ``aten.to`` in a float32 model and a real cast in
+#: a float64 one, and only the former stops the RMSNorm rule today.
+FP32 = [("t5", "eager"), ("llama", "sdpa"), ("gpt2", "sdpa"), ("bert", "sdpa")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", [_param(replace(BY_KEY[k], defect=BY_KEY[k].defect or FP32_DEFECTS.get(k, "")))
+                                   for k in FP32])
+def test_hf_zoo_float32(entry: HFEntry):
+    _assert_balanced(entry, check(entry, torch.float32))
 
 
 def test_hf_zoo_size():
@@ -91,3 +112,29 @@ def test_grad_completeness_leaves_the_module_alone():
 ])
 def test_is_additive(name, additive):
     assert is_additive(name, torch.zeros(1)) is additive
+
+
+# ---------------------------------------------------------------------------------------------
+# token ids, KV caches and sequence lengths: today's behaviour, pinned so that fixes show
+
+
+@pytest.mark.xfail(strict=True, reason="torch.export specialises the sequence length: the captured module "
+                   "raises 'Guard failed: e.size()[1] == 8' at another length (fix: export with Dim.AUTO on "
+                   "non-batch dims, README.hfzoo.md)")
+def test_one_capture_serves_other_sequence_lengths():
+    import libra_fx
+    from benchmarks.hf_zoo import EmbeddingsToLastLogits, tiny_llama
+    model = EmbeddingsToLastLogits(tiny_llama()).eval()
+    gm = libra_fx.transform(model, (torch.randn(2, 8, 32, dtype=torch.float64),))
+    longer = torch.randn(2, 12, 32, dtype=torch.float64)
+    assert torch.equal(gm(longer), model(longer))
+
+
+@pytest.mark.xfail(strict=True, reason="with the default use_cache=True the output holds a DynamicCache: the "
+                   "TraceError blames symbolic tracing ('co_varnames is too small') and export's pytree error "
+                   "comes second; it should say to pass use_cache=False (or set it)")
+def test_token_ids_with_a_cache_output_get_a_clear_error():
+    import libra_fx
+    from benchmarks.hf_zoo import tiny_llama
+    with pytest.raises(libra_fx.TraceError, match="use_cache"):
+        libra_fx.transform(tiny_llama(), (torch.randint(0, 64, (2, 8)),))
