@@ -134,6 +134,13 @@ def grad_completeness(module: nn.Module, inputs: Sequence[torch.Tensor],
 def padding_mask() -> torch.Tensor:
     """A (BATCH, SEQ) attention mask whose second row ends in 3 padded positions.
 
+    Returns:
+        A long tensor of 0/1.
+
+    Example:
+        >>> padding_mask()[1].tolist()
+        [1, 1, 1, 1, 1, 0, 0, 0]
+
     Right padding: with left padding every padded query of a causal model sees only masked keys,
     and Hugging Face's eager attention (``softmax(scores, dtype=float32)``) turns float64's
     ``finfo.min`` into ``-inf`` there, so a float64 model gives NaN rows (its own forward, before
@@ -230,9 +237,21 @@ def _config(model_type: str, **kwargs):
 
 
 def randomise_biases(model: nn.Module) -> nn.Module:
-    """Give every additive tensor (:func:`is_additive`) random values: Hugging Face initialises
-    biases to zero, and a zero bias contributes b·∂f/∂b = 0 whatever its gradient, which would make
-    the bias half of the completeness check vacuous."""
+    """Give every additive tensor (:func:`is_additive`) random values, in place.
+
+    Hugging Face initialises biases to zero, and a zero bias contributes b·∂f/∂b = 0 whatever its
+    gradient, which would make the bias half of the completeness check vacuous.
+
+    Args:
+        model: a freshly built model (the zoo's own; never a user's).
+
+    Returns:
+        ``model``.
+
+    Example:
+        >>> randomise_biases(nn.Linear(2, 2)).bias.abs().sum() > 0
+        tensor(True)
+    """
     generator = torch.Generator().manual_seed(3)
     with torch.no_grad():
         for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
@@ -257,21 +276,46 @@ _DECODER = dict(hidden_size=HIDDEN, intermediate_size=2 * HIDDEN, num_hidden_lay
                 num_key_value_heads=2, head_dim=8, vocab_size=64, max_position_embeddings=64)
 
 
-def causal_lm(model_type: str, attn: Optional[str] = "sdpa", hidden: int = HIDDEN, experts: Optional[str] = None,
-              **kwargs):
+def causal_lm(model_type: str, attn: Optional[str] = "sdpa", hidden: int = HIDDEN, **kwargs):
     """A builder for a random-weight causal LM (padded batch), explaining the next-token logit.
 
-    ``experts`` picks a mixture-of-experts implementation (``"eager"``: the per-expert loop).
+    Args:
+        model_type: a ``transformers`` model type (``"llama"``, ``"gpt2"``, ...).
+        attn: ``attn_implementation`` (``None`` for models without attention, e.g. Mamba).
+        hidden: the embedding width (the config's hidden size).
+        **kwargs: the config.
+
+    Returns:
+        ``build() -> (LastTokenLogits, embeds)``.
+
+    Example:
+        >>> model, embeds = causal_lm("llama", **_DECODER)()
+        >>> model(embeds).shape
+        torch.Size([2, 64])
     """
     def build():
-        extra = {} if experts is None else {"experts_implementation": experts}
-        model = _from_config("AutoModelForCausalLM", _config(model_type, **kwargs), attn, **extra)
+        model = _from_config("AutoModelForCausalLM", _config(model_type, **kwargs), attn)
         return LastTokenLogits(model, padding_mask()).eval(), _embeds(BATCH, SEQ, hidden)
     return build
 
 
 def encoder(model_type: str, attn: Optional[str] = "sdpa", hidden: int = HIDDEN, **kwargs):
-    """A builder for a random-weight sequence classifier (padded batch), explaining a class logit."""
+    """A builder for a random-weight sequence classifier (padded batch), explaining a class logit.
+
+    Args:
+        model_type: a ``transformers`` encoder type (``"bert"``, ``"modernbert"``, ...).
+        attn: ``attn_implementation``.
+        hidden: the embedding width.
+        **kwargs: the config (3 labels are added).
+
+    Returns:
+        ``build() -> (SequenceLogits, embeds)``.
+
+    Example:
+        >>> model, embeds = encoder("bert", **_ENC)()
+        >>> model(embeds).shape
+        torch.Size([2, 3])
+    """
     def build():
         config = _config(model_type, num_labels=3, **kwargs)
         model = _from_config("AutoModelForSequenceClassification", config, attn)
@@ -280,7 +324,19 @@ def encoder(model_type: str, attn: Optional[str] = "sdpa", hidden: int = HIDDEN,
 
 
 def t5(attn: Optional[str] = "eager"):
-    """T5 (relative-position bias, RMSNorm, ReLU MLP), encoder and decoder embeddings attributed."""
+    """A builder for T5 (relative-position bias, RMSNorm, ReLU MLP); both embeddings are attributed.
+
+    Args:
+        attn: ``attn_implementation``.
+
+    Returns:
+        ``build() -> (Seq2SeqLogits, (encoder_embeds, decoder_embeds))``.
+
+    Example:
+        >>> model, inputs = t5()()
+        >>> model(*inputs).shape
+        torch.Size([2, 64])
+    """
     def build():
         config = _config("t5", d_model=HIDDEN, d_kv=8, d_ff=2 * HIDDEN, num_layers=1, num_decoder_layers=1,
                          num_heads=4, vocab_size=64, relative_attention_num_buckets=8)
@@ -291,7 +347,19 @@ def t5(attn: Optional[str] = "eager"):
 
 
 def vit(attn: str = "sdpa"):
-    """transformers' ViT classifier at 32 px (patch 8)."""
+    """A builder for transformers' ViT classifier at 32 px (patch 8).
+
+    Args:
+        attn: ``attn_implementation``.
+
+    Returns:
+        ``build() -> (ImageLogits, pixels)``.
+
+    Example:
+        >>> model, pixels = vit()()
+        >>> model(pixels).shape
+        torch.Size([2, 10])
+    """
     def build():
         config = _config("vit", image_size=32, patch_size=8, hidden_size=HIDDEN, num_hidden_layers=1,
                          num_attention_heads=4, intermediate_size=2 * HIDDEN, num_labels=10)
@@ -306,7 +374,20 @@ def _tower(**extra) -> dict:
 
 
 def zero_shot(model_type: str, attn: str = "sdpa"):
-    """CLIP or SigLIP at 32 px: the zero-shot logit against 3 fixed random prompts."""
+    """A builder for CLIP or SigLIP at 32 px: the zero-shot logit against 3 fixed random prompts.
+
+    Args:
+        model_type: ``"clip"`` or ``"siglip"``.
+        attn: ``attn_implementation``.
+
+    Returns:
+        ``build() -> (ZeroShotLogits, pixels)``.
+
+    Example:
+        >>> model, pixels = zero_shot("clip")()
+        >>> model(pixels).shape
+        torch.Size([2, 3])
+    """
     def build():
         config = _config(model_type, projection_dim=HIDDEN,
                          text_config=_tower(vocab_size=64, max_position_embeddings=SEQ),
@@ -362,8 +443,9 @@ TANH_GELU = ("issue 11 #7: hand-written tanh GELU (gelu_new, 0.5·x·(1+tanh(c·
 MOE = ("issue 11 #4: export crashes in the autograd.Function watcher ('classmethod_descriptor' object has no "
        "attribute '__func__'); once fixed, the experts' torch.ops.transformers.grouped_mm_fallback is an "
        "unknown op and its generated autograd Function is misreported as inlined")
-MAMBA = ("issue 11 #6: stale facts in multiplicative_gate insert const(None) (AttributeError in verification); "
-         "once fixed, the selective scan's exp/softplus remain (named by the audit) and aten.tensor_split is unknown")
+MAMBA = ("issue 11 #6: stale facts in multiplicative_gate insert const(None) (AttributeError in verification) — "
+         "reached only while casts are unknown (#5); with casts known the audit names the selective scan's exp and "
+         "softplus (and aten.tensor_split, unknown)")
 INPUT_CAST = ("issue 11 #5: aten.to is an unknown op; CLIP's patch embedding casts its input "
               "(pixel_values.to(dtype)) so the audit names `to` (CE itself is fine)")
 SITE_LAYOUT = ("completeness.py sums each bias site as if its dim 0 were the batch; the MAP head's "
@@ -511,7 +593,18 @@ def check(entry: HFEntry, dtype: Optional[torch.dtype] = None) -> HFResult:
 
 
 def strict_raises(entry: HFEntry) -> bool:
-    """Whether ``transform(..., strict=True)`` raises :class:`~libra_fx.errors.UnbalancedError`."""
+    """Whether ``transform(..., strict=True)`` raises :class:`~libra_fx.errors.UnbalancedError`.
+
+    Args:
+        entry: a :data:`HF_ZOO` entry.
+
+    Returns:
+        True when it raises.
+
+    Example:
+        >>> strict_raises(BY_KEY[("bert", "sdpa")])
+        False
+    """
     model, x = _inputs(entry, entry.dtype)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
@@ -538,5 +631,13 @@ class EmbeddingsToLastLogits(nn.Module):
 
 
 def tiny_llama() -> nn.Module:
-    """The zoo's random-weight Llama (``AutoModelForCausalLM``), float64, eval mode, unwrapped."""
+    """The zoo's random-weight Llama (``AutoModelForCausalLM``), float64, eval mode, unwrapped.
+
+    Returns:
+        The model (its own output type, cache and all).
+
+    Example:
+        >>> tiny_llama()(input_ids=torch.zeros(1, 4, dtype=torch.long), use_cache=False).logits.shape
+        torch.Size([1, 4, 64])
+    """
     return _from_config("AutoModelForCausalLM", _config("llama", **_DECODER), "sdpa").double()

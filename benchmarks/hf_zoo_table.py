@@ -59,8 +59,12 @@ def render(rows: list[str], entries: list[HFEntry]) -> str:
         "than ~1e-16 for those rows. Transform times include `torch.export` and the forward check; the "
         "machine (2 cores) was shared with other jobs while measuring. "
         "Every row is a test (`tests/test_hf_zoo.py`).\n")
-    notes = [f"- **{e.name} ({e.attn or 'no attention'})**: " + "; ".join(filter(None, (e.defect, e.note)))
-             for e in entries if e.defect or e.note]
+    grouped: dict[str, list[str]] = {}  # one line per cause, naming every row it applies to
+    for e in entries:
+        text = "; ".join(filter(None, (e.defect, e.note)))
+        if text:
+            grouped.setdefault(text, []).append(f"{e.name} ({e.attn or 'no attention'})")
+    notes = [f"- **{', '.join(rows)}**: {text}" for text, rows in grouped.items()]
     return "\n".join([intro, HEADER, *rows, "", "Notes:", "", *notes, ""])
 
 
