@@ -138,3 +138,106 @@ def test_token_ids_with_a_cache_output_get_a_clear_error():
     from benchmarks.hf_zoo import tiny_llama
     with pytest.raises(libra_fx.TraceError, match="use_cache"):
         libra_fx.transform(tiny_llama(), (torch.randint(0, 64, (2, 8)),))
+
+
+# ---------------------------------------------------------------------------------------------
+# minimal repros of the engine defects behind the xfails above (export captures: each model has
+# a ``range()`` over a size, which symbolic tracing cannot follow and torch.export can)
+
+
+def _needs_export(x: torch.Tensor) -> torch.Tensor:
+    return x + 0 * len(range(x.size(1)))
+
+
+class _LastPosition(nn.Module):
+    """``y[arange(B), last]``: how people pick each row's last real token (an ``aten.index``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.register_buffer("last", torch.tensor([2, 1]))
+
+    def forward(self, x):
+        y = nn.functional.gelu(self.lin(_needs_export(x)))
+        return y[torch.arange(y.shape[0]), self.last]
+
+
+@pytest.mark.xfail(strict=True, reason="aten.index (advanced indexing in an export graph) is an unknown op")
+def test_repro_advanced_index_is_known():
+    import libra_fx
+    gm = libra_fx.transform(_LastPosition().eval(), (torch.randn(2, 3, 4),))
+    assert not gm.libra_report.unbalanced
+
+
+class _ChainedGates(nn.Module):
+    """``x·g₁(x)·g₂(x)`` with casts in the gates: Mamba's selective scan, reduced."""
+
+    def forward(self, x):
+        x = _needs_export(x)
+        a = x * torch.exp(x).to(torch.float32)
+        return a * torch.exp(x).to(torch.float32)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 #6: multiplicative_gate recomputes the gate on a graph an "
+                   "earlier rewrite changed, gets None and inserts const(None)")
+def test_repro_chained_gates_do_not_insert_const_none():
+    import libra_fx
+    libra_fx.transform(_ChainedGates(), (torch.randn(2, 4),))  # raised ForwardMismatchError
+
+
+class _AttentionPool(nn.Module):
+    """A learned query attending over the tokens (SigLIP's MAP head), then a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.probe = nn.Parameter(torch.randn(1, 1, 8))
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+        nn.init.normal_(self.attn.in_proj_bias)
+        nn.init.normal_(self.attn.out_proj.bias)
+
+    def forward(self, x):
+        x = _needs_export(x)
+        return self.head(self.attn(self.probe.expand(x.shape[0], -1, -1), x, x)[0][:, 0])
+
+
+@pytest.mark.xfail(strict=True, reason="completeness.py sums each bias site over its dim 0 as if it were the "
+                   "batch; export decomposes nn.MultiheadAttention seq-first, (L, B, D)")
+def test_repro_seq_first_bias_site_is_counted_per_sample():
+    import libra_fx
+    torch.manual_seed(0)
+    model, x = _AttentionPool().eval().double(), torch.randn(2, 5, 8, dtype=torch.float64)
+    gm = libra_fx.transform(model, (x,))
+    independent = grad_completeness(gm, (x,), lambda out: out[:, 0]).error
+    assert independent.max() < 1e-10  # the transform balanced it: only the accounting is in question
+    assert libra_fx.completeness_error(gm, (x,), 0).max() < 1e-10
+
+
+@torch.library.custom_op("libra_fx_hfzoo_test::scale", mutates_args=())
+def _scale(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x * w
+
+
+_scale.register_fake(lambda x, w: torch.empty_like(x))
+_scale.register_autograd(lambda ctx, grad: (grad * ctx.w, None),
+                         setup_context=lambda ctx, inputs, output: setattr(ctx, "w", inputs[1]))
+
+
+class _CustomOp(nn.Module):
+    """A ``torch.library`` custom op with a registered backward (transformers' ``grouped_mm_fallback``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        return _scale(_needs_export(x), self.w)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 #4 (export crashes in the autograd.Function watcher); then the "
+                   "Function torch.library generates for the op is reported as inlined though export keeps the op")
+def test_repro_custom_op_is_reported_as_an_op_not_an_inlined_function():
+    import libra_fx
+    gm = libra_fx.transform(_CustomOp(), (torch.randn(2, 4),))
+    reported = [f.op for f in gm.libra_report.unbalanced]
+    assert reported == ["scale"], reported  # the op itself is opaque to the engine: named, once
