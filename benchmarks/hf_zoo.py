@@ -435,7 +435,7 @@ def _lm(model_type: str, family: str, attn: str = "sdpa", entry: Optional[dict] 
     return _entry(model_type, causal_lm(model_type, attn, **config), family, attn, **(entry or {}))
 
 
-#: causes of today's failures (issue 11 numbering; root causes and proposed fixes in README.hfzoo.md)
+#: causes of today's failures (issue 11 numbering; proposed fixes: hfzoo_proposed_core.diff at the repo root)
 CAST = ("issue 11 #5: aten.to / aten.type_as are unknown ops; Hugging Face RMSNorm computes "
         "x.to(float32)·rsqrt(mean(x.to(float32)²)+eps), so the RMSNorm rule never matches (audit: to, pow, rsqrt, mul)")
 TANH_GELU = ("issue 11 #7: hand-written tanh GELU (gelu_new, 0.5·x·(1+tanh(c·(x+0.044715·x³)))): the x³ stays "
