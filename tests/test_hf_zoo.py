@@ -1,0 +1,245 @@
+"""Hugging Face ``transformers`` architectures, built from tiny random configs, through libra_fx.
+
+For every entry of :data:`benchmarks.hf_zoo.HF_ZOO`: the forward is bit-identical, the model is
+untouched, and FullGrad is complete — measured the independent way, from ``.grad`` of the inputs
+and of every additive parameter found by name (:func:`benchmarks.hf_zoo.grad_completeness`), and
+agreeing with libra_fx's own ``completeness_error``. Where balance is impossible the audit names
+the ops and ``strict=True`` raises. Entries that fail today because of a known engine defect are
+``xfail(strict=True)`` with the cause, so they flip when it is fixed.
+"""
+from __future__ import annotations
+
+from dataclasses import replace
+
+import pytest
+import torch
+import torch.nn as nn
+
+from benchmarks.hf_zoo import BY_KEY, CAST, HF_ZOO, HFEntry, check, grad_completeness, is_additive, strict_raises
+
+pytest.importorskip("transformers")
+
+TOLERANCE = 1e-5  # the issue's target (it asks for fp32; the check runs in float64 where it can)
+
+#: failures that only show in float32
+FP32_DEFECTS = {("t5", "eager"): CAST}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _threads():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    yield
+    torch.set_num_threads(previous)
+
+
+def _param(entry: HFEntry):
+    marks = [pytest.mark.xfail(strict=True, reason=entry.defect)] if entry.defect else []
+    return pytest.param(entry, marks=marks, id=f"{entry.name}-{entry.attn or 'none'}")
+
+
+def _assert_balanced(entry: HFEntry, result) -> None:
+    assert not result.error, f"{entry.name}: {result.error}"
+    assert result.forward_equal, f"{entry.name}: forward not bit-identical"
+    assert result.untouched, f"{entry.name}: the original model changed"
+    reported = {f.op for f in result.unbalanced}
+    if entry.expect_unbalanced:
+        assert set(entry.expect_unbalanced) <= reported, f"{entry.name}: audit did not name {entry.expect_unbalanced}"
+        assert strict_raises(entry), f"{entry.name}: strict=True did not raise"
+        return
+    assert not reported, f"{entry.name}: left unbalanced: {[str(f) for f in result.unbalanced]}"
+    assert result.ce_before_grad > 1e-3, f"{entry.name}: plain gradient already complete: the check is vacuous"
+    assert result.ce_after_grad <= TOLERANCE, f"{entry.name}: .grad completeness error {result.ce_after_grad:.2e}"
+    assert abs(result.ce_after - result.ce_after_grad) <= TOLERANCE, (
+        f"{entry.name}: libra_fx's completeness_error {result.ce_after:.2e} disagrees with .grad "
+        f"{result.ce_after_grad:.2e}")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", [_param(e) for e in HF_ZOO])
+def test_hf_zoo(entry: HFEntry):
+    _assert_balanced(entry, check(entry))
+
+
+#: float32 too (the issue's target), for one model per failure mode: a float64 run can hide one —
+#: T5's RMSNorm casts to float32, which is a no-op ``aten.to`` in a float32 model and a real cast in
+#: a float64 one, and only the former stops the RMSNorm rule today.
+FP32 = [("t5", "eager"), ("llama", "sdpa"), ("gpt2", "sdpa"), ("bert", "sdpa")]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("entry", [_param(replace(BY_KEY[k], defect=BY_KEY[k].defect or FP32_DEFECTS.get(k, "")))
+                                   for k in FP32])
+def test_hf_zoo_float32(entry: HFEntry):
+    _assert_balanced(entry, check(entry, torch.float32))
+
+
+def test_hf_zoo_size():
+    """The issue's target: ≥ 20 architectures meant to balance (the rest named by the audit)."""
+    balanced = {e.name for e in HF_ZOO if not e.expect_unbalanced}
+    assert len({e.name for e in HF_ZOO}) >= 25 and len(balanced) >= 20
+    assert {"sdpa", "eager"} <= {e.attn for e in HF_ZOO if e.name == "llama"}
+
+
+def test_grad_completeness_counts_biases_and_sees_imbalance():
+    torch.manual_seed(0)
+    affine = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
+    x = torch.randn(2, 4, dtype=torch.float64)
+    complete = grad_completeness(affine.double(), (x,))
+    assert complete.error.max() < 1e-12 and complete.bias_term.abs().min() > 0
+    assert complete.names == ["0.bias", "2.bias"]
+    gated = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 3)).double()
+    assert grad_completeness(gated, (x,)).error.max() > 1e-3
+    no_bias = grad_completeness(affine, (x,), additive=lambda name, t: False)
+    assert no_bias.error.max() > 1e-3  # the biases matter: without them the sum is short
+
+
+def test_grad_completeness_leaves_the_module_alone():
+    model = nn.Linear(3, 2).double()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    grad_completeness(model, (torch.randn(2, 3, dtype=torch.float64),))
+    assert all(p.grad is None for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+@pytest.mark.parametrize("name, additive", [
+    ("model.layers.0.self_attn.q_proj.bias", True), ("head.attention.in_proj_bias", True),
+    ("model.logit_bias", True), ("bert.embeddings.position_embeddings.weight", True),
+    ("transformer.wpe.weight", True), ("vit.embeddings.cls_token", True),
+    ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", True),
+    ("model.layers.0.input_layernorm.weight", False), ("model.embed_tokens.weight", False),
+    ("lm_head.weight", False), ("model.layers.0.mlp.bias_scale", False),
+])
+def test_is_additive(name, additive):
+    assert is_additive(name, torch.zeros(1)) is additive
+
+
+# ---------------------------------------------------------------------------------------------
+# token ids, KV caches and sequence lengths: today's behaviour, pinned so that fixes show
+
+
+@pytest.mark.filterwarnings("ignore::libra_fx.errors.LibraWarning")  # the audit's warning: expected here
+@pytest.mark.xfail(strict=True, reason="torch.export specialises the sequence length: the captured module "
+                   "raises 'Guard failed: e.size()[1] == 8' at another length (fix: export with Dim.AUTO on "
+                   "non-batch dims, README.hfzoo.md)")
+def test_one_capture_serves_other_sequence_lengths():
+    import libra_fx
+    from benchmarks.hf_zoo import EmbeddingsToLastLogits, tiny_llama
+    model = EmbeddingsToLastLogits(tiny_llama()).eval()
+    gm = libra_fx.transform(model, (torch.randn(2, 8, 32, dtype=torch.float64),))
+    longer = torch.randn(2, 12, 32, dtype=torch.float64)
+    assert torch.equal(gm(longer), model(longer))
+
+
+@pytest.mark.xfail(strict=True, reason="with the default use_cache=True the output holds a DynamicCache: the "
+                   "TraceError blames symbolic tracing ('co_varnames is too small') and export's pytree error "
+                   "comes second; it should say to pass use_cache=False (or set it)")
+def test_token_ids_with_a_cache_output_get_a_clear_error():
+    import libra_fx
+    from benchmarks.hf_zoo import tiny_llama
+    with pytest.raises(libra_fx.TraceError, match="use_cache"):
+        libra_fx.transform(tiny_llama(), (torch.randint(0, 64, (2, 8)),))
+
+
+# ---------------------------------------------------------------------------------------------
+# minimal repros of the engine defects behind the xfails above (export captures: each model has
+# a ``range()`` over a size, which symbolic tracing cannot follow and torch.export can)
+
+
+def _needs_export(x: torch.Tensor) -> torch.Tensor:
+    return x + 0 * len(range(x.size(1)))
+
+
+class _LastPosition(nn.Module):
+    """``y[arange(B), last]``: how people pick each row's last real token (an ``aten.index``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.lin = nn.Linear(4, 3)
+        self.register_buffer("last", torch.tensor([2, 1]))
+
+    def forward(self, x):
+        y = nn.functional.gelu(self.lin(_needs_export(x)))
+        return y[torch.arange(y.shape[0]), self.last]
+
+
+@pytest.mark.filterwarnings("ignore::libra_fx.errors.LibraWarning")  # the audit's warning: expected here
+@pytest.mark.xfail(strict=True, reason="aten.index (advanced indexing in an export graph) is an unknown op")
+def test_repro_advanced_index_is_known():
+    import libra_fx
+    gm = libra_fx.transform(_LastPosition().eval(), (torch.randn(2, 3, 4),))
+    assert not gm.libra_report.unbalanced
+
+
+class _ChainedGates(nn.Module):
+    """``x·g₁(x)·g₂(x)`` with casts in the gates: Mamba's selective scan, reduced."""
+
+    def forward(self, x):
+        x = _needs_export(x)
+        a = x * torch.exp(x).to(torch.float32)
+        return a * torch.exp(x).to(torch.float32)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 #6: multiplicative_gate recomputes the gate on a graph an "
+                   "earlier rewrite changed, gets None and inserts const(None)")
+def test_repro_chained_gates_do_not_insert_const_none():
+    import libra_fx
+    libra_fx.transform(_ChainedGates(), (torch.randn(2, 4),))  # raised ForwardMismatchError
+
+
+class _AttentionPool(nn.Module):
+    """A learned query attending over the tokens (SigLIP's MAP head), then a linear head."""
+
+    def __init__(self):
+        super().__init__()
+        self.probe = nn.Parameter(torch.randn(1, 1, 8))
+        self.attn = nn.MultiheadAttention(8, 2, batch_first=True)
+        self.head = nn.Linear(8, 3)
+        nn.init.normal_(self.attn.in_proj_bias)
+        nn.init.normal_(self.attn.out_proj.bias)
+
+    def forward(self, x):
+        x = _needs_export(x)
+        return self.head(self.attn(self.probe.expand(x.shape[0], -1, -1), x, x)[0][:, 0])
+
+
+@pytest.mark.xfail(strict=True, reason="completeness.py sums each bias site over its dim 0 as if it were the "
+                   "batch; export decomposes nn.MultiheadAttention seq-first, (L, B, D)")
+def test_repro_seq_first_bias_site_is_counted_per_sample():
+    import libra_fx
+    torch.manual_seed(0)
+    model, x = _AttentionPool().eval().double(), torch.randn(2, 5, 8, dtype=torch.float64)
+    gm = libra_fx.transform(model, (x,))
+    independent = grad_completeness(gm, (x,), lambda out: out[:, 0]).error
+    assert independent.max() < 1e-10  # the transform balanced it: only the accounting is in question
+    assert libra_fx.completeness_error(gm, (x,), 0).max() < 1e-10
+
+
+@torch.library.custom_op("libra_fx_hfzoo_test::scale", mutates_args=())
+def _scale(x: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    return x * w
+
+
+_scale.register_fake(lambda x, w: torch.empty_like(x))
+_scale.register_autograd(lambda ctx, grad: (grad * ctx.w, None),
+                         setup_context=lambda ctx, inputs, output: setattr(ctx, "w", inputs[1]))
+
+
+class _CustomOp(nn.Module):
+    """A ``torch.library`` custom op with a registered backward (transformers' ``grouped_mm_fallback``)."""
+
+    def __init__(self):
+        super().__init__()
+        self.w = nn.Parameter(torch.randn(4))
+
+    def forward(self, x):
+        return _scale(_needs_export(x), self.w)
+
+
+@pytest.mark.xfail(strict=True, reason="issue 11 #4 (export crashes in the autograd.Function watcher); then the "
+                   "Function torch.library generates for the op is reported as inlined though export keeps the op")
+def test_repro_custom_op_is_reported_as_an_op_not_an_inlined_function():
+    import libra_fx
+    gm = libra_fx.transform(_CustomOp(), (torch.randn(2, 4),))
+    reported = [f.op for f in gm.libra_report.unbalanced]
+    assert reported == ["scale"], reported  # the op itself is opaque to the engine: named, once
