@@ -64,6 +64,22 @@ def _plain(model: nn.Module, embeds: torch.Tensor) -> Prepared:
     return Prepared(input_x_gradient(module), 0.0, module)
 
 
+def _plain_compiled(model: nn.Module, embeds: torch.Tensor) -> Prepared:
+    # the warm-up call compiles; dynamo turns the length dynamic at the second length it sees
+    module = torch.compile(LastTokenLogits(model))
+    return Prepared(input_x_gradient(module), 0.0, module)
+
+
+def _captured(model: nn.Module, embeds: torch.Tensor) -> Prepared:
+    """libra_fx's capture without its rewrites: separates the cost of the graph torch.export
+    records (a dense causal mask, see the report) from the cost of the balancing rewrites."""
+    import libra_fx
+    start = time.perf_counter()
+    gm = libra_fx.trace(LastTokenLogits(model), (embeds,))
+    return Prepared(input_x_gradient(gm), time.perf_counter() - start, gm,
+                    {"capture": gm.meta.get("libra_capture", "?")})
+
+
 def _libra(model: nn.Module, embeds: torch.Tensor, compiled: bool) -> Prepared:
     import warnings
     import libra_fx
@@ -115,6 +131,8 @@ class Method:
 
 METHODS = {m.name: m for m in (
     Method("plain", "plain IxG", "project", _plain),
+    Method("plain_compiled", "plain IxG compiled", "project", _plain_compiled),
+    Method("captured", "libra_fx capture, no rewrites", "project", _captured),
     Method("libra_eager", "libra_fx eager", "project", lambda m, e: _libra(m, e, False)),
     Method("libra_compiled", "libra_fx compiled", "project", lambda m, e: _libra(m, e, True)),
     Method("lxt_plain", "plain IxG (lxt env)", "lxt", _plain),
