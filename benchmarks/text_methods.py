@@ -80,7 +80,7 @@ def _captured(model: nn.Module, embeds: torch.Tensor) -> Prepared:
                     {"capture": gm.meta.get("libra_capture", "?")})
 
 
-def _libra(model: nn.Module, embeds: torch.Tensor, compiled: bool) -> Prepared:
+def _libra(model: nn.Module, embeds: torch.Tensor, compiled: bool, **compile_kwargs) -> Prepared:
     import warnings
     import libra_fx
     start = time.perf_counter()
@@ -88,7 +88,7 @@ def _libra(model: nn.Module, embeds: torch.Tensor, compiled: bool) -> Prepared:
         # unbalanced ops are counted in info below, not printed per length
         warnings.simplefilter("ignore")
         gm = libra_fx.transform(LastTokenLogits(model), (embeds,))
-    module = libra_fx.compile(gm) if compiled else gm
+    module = libra_fx.compile(gm, **compile_kwargs) if compiled else gm
     report = gm.libra_report
     info = {"capture": gm.meta.get("libra_capture", "?"), "rewrites": len(report.rewrites),
             "unbalanced": len(report.unbalanced),
@@ -135,6 +135,10 @@ METHODS = {m.name: m for m in (
     Method("captured", "libra_fx capture, no rewrites", "project", _captured),
     Method("libra_eager", "libra_fx eager", "project", lambda m, e: _libra(m, e, False)),
     Method("libra_compiled", "libra_fx compiled", "project", lambda m, e: _libra(m, e, True)),
+    # the fused SDPA backward instead of libra_fx.compile's value-only attention (which recomputes
+    # the L x L weights): shows which of the two wins at each length
+    Method("libra_compiled_fused", "libra_fx compiled, fast_attention=False", "project",
+           lambda m, e: _libra(m, e, True, fast_attention=False)),
     Method("lxt_plain", "plain IxG (lxt env)", "lxt", _plain),
     Method("lxt_attnlrp", "lxt AttnLRP", "lxt", lambda m, e: _lxt(m, e, "attnLRP")),
     Method("lxt_cplrp", "lxt CP-LRP", "lxt", lambda m, e: _lxt(m, e, "cp_LRP")),
