@@ -52,6 +52,8 @@ LENGTHS = (128, 256, 512, 1024, 2048)
 
 
 class Channel(Protocol):
+    """What the driver talks to: a worker in this process or in another interpreter."""
+
     def request(self, message: dict) -> dict: ...
 
 
@@ -105,7 +107,7 @@ class ProcessWorker:
         self.log.close()
 
 
-def reps_for(length: int, reps: int, reps_long: int) -> int:
+def _reps_for(length: int, reps: int, reps_long: int) -> int:
     """Repetitions at ``length``: fewer for the longest sequences (>= 2048)."""
     return reps_long if length >= 2048 else reps
 
@@ -196,7 +198,20 @@ def _compare(rows: list[dict]) -> None:
 
 
 def save_weights(model: str, size: str, cache: Path = CACHE) -> Path:
-    """Build ``model`` (seeded) in this environment and save its weights for every worker."""
+    """Build ``model`` (seeded) in this environment and save its weights for every worker.
+
+    Args:
+        model: a key of :data:`~benchmarks.text_models.FAMILIES`.
+        size: ``"tiny"`` or ``"1b"``.
+        cache: the folder to write to.
+
+    Returns:
+        The file written.
+
+    Example:
+        >>> save_weights("gpt2", "tiny", Path("/tmp")).name
+        'gpt2-tiny.weights.pt'
+    """
     path = weights_file(cache, model, size)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save(build(model, size).state_dict(), path)
@@ -211,7 +226,7 @@ def _lxt_available(python: Path) -> Optional[str]:
     return None if probe.returncode == 0 else probe.stderr.strip().splitlines()[-1]
 
 
-def start_workers(methods: list[str], args) -> tuple[dict, list[str]]:
+def _start_workers(methods: list[str], args) -> tuple[dict, list[str]]:
     """One worker process per method, lxt's in the lxt interpreter; returns them and notes."""
     notes, workers = [], {}
     missing = _lxt_available(args.lxt_python) if any(METHODS[m].env == "lxt" for m in methods) else None
@@ -226,22 +241,22 @@ def start_workers(methods: list[str], args) -> tuple[dict, list[str]]:
     return workers, notes
 
 
-def run(args) -> dict:
+def _run(args) -> dict:
     """The whole benchmark as the command line asks; returns the JSON document."""
-    workers, notes = start_workers(args.methods, args)
+    workers, notes = _start_workers(args.methods, args)
     rows, start = [], time.time()
     try:
         for model in args.models:
             weights = save_weights(model, args.config) if args.share_weights else None
             for length in args.lengths:
-                cell = measure_cell(workers, model, length, reps_for(length, args.reps, args.reps_long),
+                cell = measure_cell(workers, model, length, _reps_for(length, args.reps, args.reps_long),
                                     args.config, weights)
                 rows.extend(cell)
                 print(_progress(cell), flush=True)
     finally:
         for worker in workers.values():
             worker.close()
-    return {"rows": rows, "notes": notes, "machine": machine(args), "wall_s": time.time() - start,
+    return {"rows": rows, "notes": notes, "machine": _machine(args), "wall_s": time.time() - start,
             "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}}
 
 
@@ -251,7 +266,7 @@ def _progress(cell: list[dict]) -> str:
     return f"{cell[0]['model']} L={cell[0]['length']}: " + ", ".join(parts)
 
 
-def machine(args) -> dict:
+def _machine(args) -> dict:
     """What ran the benchmark (for the report)."""
     info = {"platform": platform.platform(), "cpus": os.cpu_count(), "threads": args.threads,
             "device": args.device, "dtype": args.dtype, "torch": torch.__version__,
@@ -261,7 +276,7 @@ def machine(args) -> dict:
     return info
 
 
-def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
+def _parse_args(argv: Optional[list] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", type=lambda s: s.split(","), default=list(FAMILIES))
     parser.add_argument("--lengths", type=lambda s: [int(x) for x in s.split(",")], default=list(LENGTHS))
@@ -284,10 +299,20 @@ def parse_args(argv: Optional[list] = None) -> argparse.Namespace:
 
 
 def main(argv: Optional[list] = None) -> None:
-    """Run the benchmark and write the JSON and Markdown results asked for."""
+    """Run the benchmark and write the JSON and Markdown results asked for.
+
+    Args:
+        argv: command-line arguments (``sys.argv[1:]`` when ``None``).
+
+    Returns:
+        None; prints the Markdown report.
+
+    Example:
+        >>> main(["--models", "gpt2", "--lengths", "16", "--reps", "1"])  # doctest: +SKIP
+    """
     from .text_speed_report import markdown
-    args = parse_args(argv)
-    document = run(args)
+    args = _parse_args(argv)
+    document = _run(args)
     document["machine"]["loadavg_end"] = os.getloadavg()
     if args.json:
         args.json.write_text(json.dumps(document, indent=1))

@@ -44,7 +44,7 @@ def _describe(model: str, size: str) -> str:
     return f"{FAMILIES[model].model_class}, hidden {hidden}, {layers} layers, vocab {config.vocab_size}, sdpa"
 
 
-def speed_tables(document: dict) -> list[str]:
+def _speed_tables(document: dict) -> list[str]:
     """Per model: lengths × methods, ``median ms (× own-env plain) · peak MiB``."""
     rows, lines = document["rows"], []
     index, methods = _index(rows), list(dict.fromkeys(r["method"] for r in rows))
@@ -66,7 +66,7 @@ def _geomean(values: list) -> float:
     return math.exp(statistics.fmean(math.log(v) for v in values)) if values else math.nan
 
 
-def summary_table(document: dict) -> list[str]:
+def _summary_table(document: dict) -> list[str]:
     """Geometric mean over models of time and memory relative to own-env plain gradients."""
     index, ratios = _index(document["rows"]), defaultdict(lambda: ([], []))
     for (model, length, method), row in index.items():
@@ -89,7 +89,7 @@ def _fmt(value, spec: str = ".2e") -> str:
     return "–" if value is None or (isinstance(value, float) and math.isnan(value)) else format(value, spec)
 
 
-def sanity_table(document: dict) -> list[str]:
+def _sanity_table(document: dict) -> list[str]:
     """Per model and method, worst case over lengths of the checks done in the same run."""
     groups = defaultdict(list)
     for row in document["rows"]:
@@ -115,7 +115,7 @@ def sanity_table(document: dict) -> list[str]:
     return lines + [""]
 
 
-def one_off_table(document: dict) -> list[str]:
+def _one_off_table(document: dict) -> list[str]:
     """Per-length one-off costs, not in the per-token times: libra_fx's transform (capture +
     rewrites; the export capture is specialised to the length, so it runs per length) and the
     first-call compile time (first call − median) of the compiled methods."""
@@ -131,7 +131,19 @@ def one_off_table(document: dict) -> list[str]:
 
 
 def markdown(document: dict) -> str:
-    """The whole report: machine, summary, per-model tables, sanity checks, one-off costs."""
+    """The whole report: machine, summary, per-model tables, sanity checks, one-off costs.
+
+    Args:
+        document: the JSON document ``benchmarks.text_speed`` writes (``rows``, ``notes``,
+            ``machine``, ``wall_s``).
+
+    Returns:
+        Markdown text.
+
+    Example:
+        >>> markdown(json.load(open("benchmarks/results/text_speed.json")))[:8]  # doctest: +SKIP
+        'Machine:'
+    """
     m = document["machine"]
     head = [f"Machine: {m['platform']}, {m['cpus']} CPUs, {m['threads']} torch thread(s) per worker, "
             f"device {m['device']}, {m['dtype']}, torch {m['torch']}; load average at start "
@@ -141,10 +153,10 @@ def markdown(document: dict) -> str:
     head += ["Environments: " + "; ".join(f"{METHODS[k].label}: torch {v[0]}, transformers {v[1]}"
                                           for k, v in sorted(versions)), ""]
     head += [f"Note: {note}" for note in document["notes"]] + [""]
-    return "\n".join(head + ["### Summary (geometric mean over models)", ""] + summary_table(document)
+    return "\n".join(head + ["### Summary (geometric mean over models)", ""] + _summary_table(document)
                      + ["### Per model: median ms per explained token (× plain IxG in the same env) · peak extra MiB", ""]
-                     + speed_tables(document) + ["### Sanity checks (same run, all lengths)", ""]
-                     + sanity_table(document) + ["### libra_fx one-off costs per length", ""] + one_off_table(document))
+                     + _speed_tables(document) + ["### Sanity checks (same run, all lengths)", ""]
+                     + _sanity_table(document) + ["### libra_fx one-off costs per length", ""] + _one_off_table(document))
 
 
 if __name__ == "__main__":
