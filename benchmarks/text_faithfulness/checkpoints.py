@@ -1,0 +1,34 @@
+"""Where the text models' checkpoints live and how they load (torch + transformers only, so lxt's
+venv can load them too)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from .models import build_model
+
+DEFAULT_CACHE = Path("benchmarks/cache")  # git-ignored
+
+
+def checkpoint_path(model: str, seed: int, cache_dir: Path = DEFAULT_CACHE) -> Path:
+    """``<cache_dir>/text_<model>_seed<seed>.pt``.
+
+    Example:
+        >>> checkpoint_path("llama", 1).name
+        'text_llama_seed1.pt'
+    """
+    return Path(cache_dir) / f"text_{model}_seed{seed}.pt"
+
+
+def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
+    """``(HF model in eval mode, checkpoint dict)`` from a checkpoint file, in any transformers version.
+
+    Example:
+        >>> model, ckpt = load_checkpoint(checkpoint_path("bert", 0))  # doctest: +SKIP
+    """
+    ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    model = build_model(ckpt["train"]["model"], 0)
+    model.load_state_dict(ckpt["state_dict"])
+    return model.eval(), ckpt

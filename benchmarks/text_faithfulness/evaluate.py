@@ -1,0 +1,267 @@
+"""Faithfulness on text (issue 12, part 5): do balanced gradients find the evidence tokens?
+
+For each model (``llama`` on key–value recall, ``bert`` on keyword classification; trained here on
+CPU, see :mod:`.train`) and training seed: every gradient method plain vs Libra, attention rollout,
+lxt's AttnLRP and CP-LRP (run in lxt's own venv, see :mod:`.lxt_relevance`) and a random ranking,
+scored by token-deletion MIF/LIF AUC, SRG = LIF − MIF, MIF AOPC and evidence-token AP. Mean ± std over
+seeds, as markdown, JSON and a PNG in ``benchmarks/results/``.
+
+    python -m benchmarks.text_faithfulness.evaluate [--quick] [--models llama bert] [--seeds 0 1 2] [--n 128]
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import warnings
+from pathlib import Path
+from typing import Callable
+
+import torch
+
+import libra_fx
+
+from .adapter import EmbedsModel, rollout_relevance, token_relevance
+from .checkpoints import DEFAULT_CACHE
+from .data import eval_batch
+from .lxt_relevance import PATCH_MAPS, supported
+from .models import MODELS
+from .scoring import score_relevance
+from .train import load_or_train
+
+RESULTS = Path(__file__).resolve().parents[1] / "results"
+LXT_PYTHON = DEFAULT_CACHE / "lxt_venv" / "bin" / "python"
+GRADIENT_METHODS = ("input_x_gradient", "integrated_gradients", "fullgrad", "fullgrad+",
+                    "gradcam", "hirescam", "gradcam+", "xgradcam+")
+KEYS = ("mif", "lif", "srg", "aopc", "ap", "ce")
+LXT_NAMES = {"attnlrp": "lxt AttnLRP", "cplrp": "lxt CP-LRP"}
+
+
+class Explained:
+    """One model and batch being explained: the wrapper, its balanced graph, inputs and predictions."""
+
+    def __init__(self, model: torch.nn.Module, name: str, ids: torch.Tensor):
+        self.name = name
+        self.wrapper = EmbedsModel(model, name).eval()
+        self.embeds = self.wrapper.embed(ids)
+        with torch.no_grad():
+            self.pred = self.wrapper(self.embeds).argmax(-1)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # an unbalanced op is reported by the audit, read below
+            self.balanced = libra_fx.transform(self.wrapper, (self.embeds,))
+
+
+def _gradient_variant(method: str, libra: bool) -> Callable[[Explained], tuple]:
+    options = {"steps": 16} if method == "integrated_gradients" else {}
+
+    def run(ex: Explained) -> tuple:
+        scores, result = token_relevance(ex.balanced, ex.embeds, ex.pred, method, libra, **options)
+        return scores, result.completeness_error
+    return run
+
+
+def _random_variant(ex: Explained) -> tuple:
+    return torch.rand(ex.embeds.shape[:2], generator=torch.Generator().manual_seed(0)), None
+
+
+def variants() -> dict[str, Callable[[Explained], tuple]]:
+    """name -> ``Explained -> (relevance (B, T), completeness errors or None)`` for the in-process methods.
+
+    Example:
+        >>> "fullgrad (Libra)" in variants()
+        True
+    """
+    table = {}
+    for method in GRADIENT_METHODS:
+        table[f"{method} (plain)"] = _gradient_variant(method, libra=False)
+        table[f"{method} (Libra)"] = _gradient_variant(method, libra=True)
+    table["rollout"] = lambda ex: (rollout_relevance(ex.wrapper, ex.embeds), None)
+    table["random"] = _random_variant
+    return table
+
+
+def audit_state(ex: Explained) -> dict:
+    """libra_fx's audit of the wrapped model: completeness before/after and the unbalanced ops."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        report = libra_fx.audit(ex.wrapper, (ex.embeds[:4],), target=ex.pred[:4])
+    ops = sorted({f.op for f in report.unbalanced})
+    return {"balanced": report.balanced, "ce_before": report.completeness_before,
+            "ce_after": report.completeness_after, "unbalanced_ops": ops, "n_unbalanced": len(report.unbalanced)}
+
+
+def run_lxt(models: list[str], seeds: list[int], n: int, cache_dir: Path, python: Path) -> dict:
+    """lxt relevance per variant, ``{variant: {"model/seed": {...}}}`` or ``{variant: error string}``."""
+    out = {}
+    for variant in PATCH_MAPS:
+        wanted = [m for m in models if supported(variant, m)]
+        if not wanted:
+            continue
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / "lxt.pt"
+            cmd = [str(python), "-m", "benchmarks.text_faithfulness.lxt_relevance", "--variant", variant,
+                   "--models", *wanted, "--seeds", *map(str, seeds), "--n", str(n),
+                   "--cache-dir", str(cache_dir), "--out", str(path)]
+            done = subprocess.run(cmd, capture_output=True, text=True)
+            out[variant] = (torch.load(path, weights_only=False) if done.returncode == 0
+                            else f"lxt run failed: {done.stderr.strip().splitlines()[-1:]}")
+    return out
+
+
+def _lxt_rows(ex: Explained, seed: int, batch, lxt: dict) -> dict:
+    rows = {}
+    for variant, data in lxt.items():
+        got = data["rows"].get(f"{ex.name}/{seed}") if isinstance(data, dict) else None
+        if got is None:
+            continue
+        scored = score_relevance(ex.wrapper, ex.embeds, got["relevance"], ex.pred, batch.evidence)
+        # the same checkpoint in lxt's transformers must predict the same ids for the row to be comparable
+        scored["same_prediction"] = float((got["pred"] == ex.pred).float().mean())
+        rows[LXT_NAMES[variant]] = scored
+    return rows
+
+
+def evaluate_model(name: str, seed: int, n: int, lxt: dict, steps=None, cache_dir: Path = DEFAULT_CACHE) -> dict:
+    """Every variant's scores on the model ``name`` trained with ``seed``."""
+    model, metrics = load_or_train(name, seed, steps, cache_dir)
+    batch = eval_batch(MODELS[name].task, seed, n)
+    ex = Explained(model, name, batch.ids)
+    rows = {}
+    for variant, explain in variants().items():
+        t0 = time.time()
+        relevance, completeness = explain(ex)
+        rows[variant] = score_relevance(ex.wrapper, ex.embeds, relevance, ex.pred, batch.evidence, completeness)
+        rows[variant]["seconds"] = time.time() - t0
+    rows.update(_lxt_rows(ex, seed, batch, lxt))
+    return {"test_acc": metrics["test_acc"], "eval_acc": float((ex.pred == batch.labels).float().mean()),
+            "audit": audit_state(ex), "rows": rows}
+
+
+def aggregate(runs: list[dict]) -> dict:
+    """``{variant: {key: (mean, std) or None}}`` over seeds (population std).
+
+    Example:
+        >>> aggregate([{"rows": {"a": {"srg": 1.0}}}, {"rows": {"a": {"srg": 0.0}}}])["a"]["srg"]
+        (0.5, 0.5)
+    """
+    names = list(dict.fromkeys(v for run in runs for v in run["rows"]))
+    table = {}
+    for variant in names:
+        table[variant] = {}
+        for key in (*KEYS, "same_prediction"):
+            values = [run["rows"][variant][key] for run in runs
+                      if variant in run["rows"] and run["rows"][variant].get(key) is not None]
+            table[variant][key] = (statistics.fmean(values), statistics.pstdev(values)) if values else None
+    return table
+
+
+def _cell(value) -> str:
+    if value is None:
+        return "–"
+    mean, std = value
+    return f"{mean:.3f} ± {std:.3f}" if abs(mean) >= 1e-3 else f"{mean:.1e}"
+
+
+def markdown(results: dict) -> str:
+    """The results as markdown: per model, accuracy, audit state and the table."""
+    lines = []
+    for model, data in results["models"].items():
+        spec = MODELS[model]
+        accs = ", ".join(f"{a:.3f}" for a in data["test_acc"])
+        audit = data["audit"][0]
+        lines += [f"### {model} ({spec.kind}, task `{spec.task}`; {len(data['test_acc'])} seed(s), "
+                  f"test accuracy per seed: {accs})", "",
+                  f"libra_fx audit: balanced = {audit['balanced']}, completeness error plain "
+                  f"{audit['ce_before']:.2e} → Libra {audit['ce_after']:.2e}"
+                  + (f", unbalanced ops: {', '.join(audit['unbalanced_ops'])} ({audit['n_unbalanced']} nodes)"
+                     if audit["unbalanced_ops"] else "") + ".", "",
+                  "| method | MIF AUC ↓ | LIF AUC ↑ | SRG ↑ | MIF AOPC ↑ | evidence AP ↑ | completeness error |",
+                  "|---|---|---|---|---|---|---|"]
+        for variant, row in data["table"].items():
+            lines.append(f"| {variant} | " + " | ".join(_cell(row[k]) for k in KEYS) + " |")
+        lines.append("")
+    for note in results.get("notes", []):
+        lines.append(f"- {note}")
+    return "\n".join(lines) + "\n"
+
+
+def plot(results: dict, path: Path) -> None:
+    """SRG and evidence AP per method (plain vs Libra bars; single bars for the rest), one column per model."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    models = results["models"]
+    fig, axes = plt.subplots(2, len(models), figsize=(6 * len(models), 7), squeeze=False)
+    for col, (model, data) in enumerate(models.items()):
+        table = data["table"]
+        others = [v for v in table if not v.endswith("(plain)") and not v.endswith("(Libra)")]
+        for row, key in enumerate(("srg", "ap")):
+            ax = axes[row][col]
+            xs = list(range(len(GRADIENT_METHODS)))
+            for shift, kind in ((-0.2, "plain"), (0.2, "Libra")):
+                vals = [table[f"{m} ({kind})"][key] for m in GRADIENT_METHODS]
+                ax.bar([x + shift for x in xs], [v[0] for v in vals], 0.4, yerr=[v[1] for v in vals], label=kind)
+            extra = [len(xs) + i for i in range(len(others))]
+            vals = [table[v][key] for v in others]
+            ax.bar(extra, [v[0] for v in vals], 0.6, yerr=[v[1] for v in vals], color="grey", label="other")
+            ax.set_xticks(xs + extra, list(GRADIENT_METHODS) + others, rotation=60, ha="right", fontsize=8)
+            ax.set_title(f"{model}: {'SRG (LIF−MIF AUC)' if key == 'srg' else 'evidence-token AP'}")
+            ax.axhline(0, color="k", linewidth=0.5)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=sorted(MODELS, reverse=True))
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--n", type=int, default=128, help="explained sequences per seed")
+    parser.add_argument("--quick", action="store_true", help="one seed, 32 sequences")
+    parser.add_argument("--steps", type=int, default=None, help="training steps (default: the cached budget)")
+    parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
+    parser.add_argument("--lxt-python", default=str(LXT_PYTHON), help="python of lxt's venv (make_lxt_env.sh)")
+    parser.add_argument("--no-lxt", action="store_true")
+    parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--threads", type=int, default=1)
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.seeds, args.n = args.seeds[:1], 32
+    torch.set_num_threads(args.threads)
+    start, cache, notes = time.time(), Path(args.cache_dir), []
+    for name in args.models:  # checkpoints first: the lxt subprocess loads them
+        for seed in args.seeds:
+            load_or_train(name, seed, args.steps, cache)
+    lxt = {}
+    if args.no_lxt:
+        notes.append("lxt rows left out (--no-lxt).")
+    elif not Path(args.lxt_python).exists():
+        notes.append(f"lxt rows left out: no lxt venv at {args.lxt_python} (run make_lxt_env.sh).")
+    else:
+        lxt = run_lxt(args.models, args.seeds, args.n, cache, Path(args.lxt_python))
+        notes += [f"{LXT_NAMES[v]}: {d}" for v, d in lxt.items() if isinstance(d, str)]
+        notes += [f"{LXT_NAMES[v]} ran in lxt 2.1's venv with transformers {d['transformers']} on the same "
+                  "checkpoints and sequences" for v, d in lxt.items() if isinstance(d, dict)]
+    results = {"models": {}, "notes": notes, "n": args.n, "seeds": args.seeds}
+    for name in args.models:
+        runs = [evaluate_model(name, seed, args.n, lxt, args.steps, cache) for seed in args.seeds]
+        results["models"][name] = {"test_acc": [r["test_acc"] for r in runs], "eval_acc": [r["eval_acc"] for r in runs],
+                                   "audit": [r["audit"] for r in runs], "table": aggregate(runs), "runs": runs}
+        print(f"{name}: done at {time.time() - start:.0f} s", flush=True)
+    results["seconds"] = time.time() - start
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "text_faithfulness.md").write_text(markdown(results))
+    (out / "text_faithfulness.json").write_text(json.dumps(results, indent=1))
+    plot(results, out / "text_faithfulness.png")
+    print(markdown(results))
+    print(f"done in {results['seconds']:.0f} s -> {out}")
+
+
+if __name__ == "__main__":
+    main()
