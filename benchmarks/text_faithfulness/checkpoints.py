@@ -29,6 +29,15 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
         >>> model, ckpt = load_checkpoint(checkpoint_path("bert", 0))  # doctest: +SKIP
     """
     ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    return model_from(ckpt), ckpt
+
+
+def model_from(ckpt: dict) -> nn.Module:
+    """The HF model (eval mode) of a loaded checkpoint dict.
+
+    Example:
+        >>> model = model_from(torch.load(checkpoint_path("bert", 0), weights_only=False))  # doctest: +SKIP
+    """
     model = build_model(ckpt["train"]["model"], 0)
     model.load_state_dict(ckpt["state_dict"])
-    return model.eval(), ckpt
+    return model.eval()

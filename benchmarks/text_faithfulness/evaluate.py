@@ -56,9 +56,9 @@ class Explained:
 
 
 def _gradient_variant(method: str, libra: bool) -> Callable[[Explained], tuple]:
-    options = {"steps": 16} if method == "integrated_gradients" else {}
-
     def run(ex: Explained) -> tuple:
+        # chunks of exactly B rows: the torch.export capture of a HF model is specialised to its batch size
+        options = {"steps": 16, "internal_batch_size": ex.embeds.shape[0]} if method == "integrated_gradients" else {}
         scores, result = token_relevance(ex.balanced, ex.embeds, ex.pred, method, libra, **options)
         return scores, result.completeness_error
     return run
@@ -184,8 +184,14 @@ def markdown(results: dict) -> str:
         for variant, row in data["table"].items():
             lines.append(f"| {variant} | " + " | ".join(_cell(row[k]) for k in KEYS) + " |")
         lines.append("")
+        agree = {v: row["same_prediction"][0] for v, row in data["table"].items() if row.get("same_prediction")}
+        if agree:
+            lines += ["lxt's environment predicts the same ids on the explained sequences: "
+                      + ", ".join(f"{v} {a:.1%}" for v, a in agree.items()) + ".", ""]
     for note in results.get("notes", []):
         lines.append(f"- {note}")
+    if "seconds" in results:
+        lines.append(f"- wall time {results['seconds']:.0f} s (training excluded when cached; shared 2-core CPU).")
     return "\n".join(lines) + "\n"
 
 
@@ -217,6 +223,15 @@ def plot(results: dict, path: Path) -> None:
     plt.close(fig)
 
 
+def provenance() -> str:
+    """The commit the numbers come from, and any uncommitted change to the engine (libra_fx/, passes/)."""
+    def git(*args):
+        done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
+        return done.stdout.strip()
+    dirty = git("diff", "--stat", "HEAD", "--", "libra_fx", "passes")
+    return f"commit {git('rev-parse', '--short', 'HEAD')}" + (f", with uncommitted engine changes: {dirty}" if dirty else "")
+
+
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--models", nargs="+", default=sorted(MODELS, reverse=True))
@@ -229,6 +244,7 @@ def main(argv=None) -> None:
     parser.add_argument("--no-lxt", action="store_true")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--tag", default="", help="suffix of the result file names")
     args = parser.parse_args(argv)
     if args.quick:
         args.seeds, args.n = args.seeds[:1], 32
@@ -246,7 +262,11 @@ def main(argv=None) -> None:
         lxt = run_lxt(args.models, args.seeds, args.n, cache, Path(args.lxt_python))
         notes += [f"{LXT_NAMES[v]}: {d}" for v, d in lxt.items() if isinstance(d, str)]
         notes += [f"{LXT_NAMES[v]} ran in lxt 2.1's venv with transformers {d['transformers']} on the same "
-                  "checkpoints and sequences" for v, d in lxt.items() if isinstance(d, dict)]
+                  f"checkpoints and sequences; model classes: {sorted({r['model_class'] for r in d['rows'].values()})}"
+                  for v, d in lxt.items() if isinstance(d, dict)]
+        notes += [f"{LXT_NAMES[v]} has no row for {m}: lxt 2.1 ships no patch map for it"
+                  for v in PATCH_MAPS for m in args.models if not supported(v, m)]
+    notes.append(f"libra_fx at {provenance()}; {args.n} sequences per seed; seeds {args.seeds}.")
     results = {"models": {}, "notes": notes, "n": args.n, "seeds": args.seeds}
     for name in args.models:
         runs = [evaluate_model(name, seed, args.n, lxt, args.steps, cache) for seed in args.seeds]
@@ -256,9 +276,10 @@ def main(argv=None) -> None:
     results["seconds"] = time.time() - start
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "text_faithfulness.md").write_text(markdown(results))
-    (out / "text_faithfulness.json").write_text(json.dumps(results, indent=1))
-    plot(results, out / "text_faithfulness.png")
+    stem = f"text_faithfulness{args.tag}"
+    (out / f"{stem}.md").write_text(markdown(results))
+    (out / f"{stem}.json").write_text(json.dumps(results, indent=1))
+    plot(results, out / f"{stem}.png")
     print(markdown(results))
     print(f"done in {results['seconds']:.0f} s -> {out}")
 

@@ -84,7 +84,9 @@ def main(argv=None) -> None:
         _patch(args.variant, name)  # before building: lxt's BERT map replaces the model classes
         for seed in args.seeds:
             model, _ = load_checkpoint(checkpoint_path(name, seed, Path(args.cache_dir)))
-            results["rows"][f"{name}/{seed}"] = relevance(model, name, eval_batch(MODELS[name].task, seed, args.n).ids)
+            row = relevance(model, name, eval_batch(MODELS[name].task, seed, args.n).ids)
+            row["model_class"] = f"{type(model).__module__}.{type(model).__name__}"  # lxt's own class for BERT
+            results["rows"][f"{name}/{seed}"] = row
     torch.save(results, args.out)
 
 

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from benchmarks.faithfulness.train import _lr_lambda
 
 from .adapter import EmbedsModel
-from .checkpoints import DEFAULT_CACHE, checkpoint_path, load_checkpoint
+from .checkpoints import DEFAULT_CACHE, checkpoint_path, model_from
 from .data import TASKS, Batch, make_batch
 from .models import MODELS, build_model
 
@@ -37,15 +37,16 @@ class TrainConfig:
     seed: int
     steps: int = 1500
     batch_size: int = 64
-    lr: float = 3e-3
+    lr: float = 1e-3
     weight_decay: float = 0.01
     warmup_frac: float = 0.05
     mask_prob: float = 0.1
-    version: int = 1
+    version: int = 2  # bump when the data format changes: cached checkpoints are then retrained
 
 
-#: per-model budgets (CPU, one thread: about 1 min each)
-DEFAULTS: dict[str, dict] = {"llama": dict(steps=2500), "bert": dict(steps=600)}
+#: per-model budgets (CPU, one thread: under a minute each on an idle core). At lr 3e-3 Llama's
+#: recall circuit did not form (see data.sample_kv_train) and one BERT seed stayed at 50%.
+DEFAULTS: dict[str, dict] = {"llama": dict(steps=1200), "bert": dict(steps=600)}
 
 
 def config_for(model: str, seed: int, steps: int | None = None) -> TrainConfig:
@@ -150,9 +151,9 @@ def load_or_train(model: str, seed: int, steps: int | None = None, cache_dir: Pa
     cfg = config_for(model, seed, steps)
     path = checkpoint_path(model, seed, cache_dir)
     if path.exists():
-        hf, ckpt = load_checkpoint(path)
-        if ckpt["train"] == dataclasses.asdict(cfg):
-            return hf, ckpt["metrics"]
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        if ckpt["train"] == dataclasses.asdict(cfg):  # compared before loading: the vocabulary may differ
+            return model_from(ckpt), ckpt["metrics"]
     hf, metrics = train(cfg, log)
     path.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"train": dataclasses.asdict(cfg), "state_dict": hf.state_dict(), "metrics": metrics}, path)
