@@ -262,7 +262,8 @@ def main(argv=None) -> None:
         lxt = run_lxt(args.models, args.seeds, args.n, cache, Path(args.lxt_python))
         notes += [f"{LXT_NAMES[v]}: {d}" for v, d in lxt.items() if isinstance(d, str)]
         notes += [f"{LXT_NAMES[v]} ran in lxt 2.1's venv with transformers {d['transformers']} on the same "
-                  f"checkpoints and sequences; model classes: {sorted({r['model_class'] for r in d['rows'].values()})}"
+                  f"checkpoints and sequences; model classes: {sorted({r['model_class'] for r in d['rows'].values()})}, "
+                  f"submodules running lxt code per model: {sorted({r['lxt_modules'] for r in d['rows'].values()})}"
                   for v, d in lxt.items() if isinstance(d, dict)]
         notes += [f"{LXT_NAMES[v]} has no row for {m}: lxt 2.1 ships no patch map for it"
                   for v in PATCH_MAPS for m in args.models if not supported(v, m)]

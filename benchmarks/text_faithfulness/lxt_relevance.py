@@ -44,6 +44,18 @@ def _patch(variant: str, model: str) -> None:
     monkey_patch(lxt_module, getattr(lxt_module, attr))  # with a map given, the module is only a label
 
 
+def lxt_modules(model: torch.nn.Module) -> int:
+    """Submodules running lxt code (an lxt class, or a forward patched by lxt): 0 means lxt did nothing.
+
+    Example:
+        >>> lxt_modules(torch.nn.Linear(2, 2))
+        0
+    """
+    def from_lxt(module):
+        return type(module).__module__.startswith("lxt") or getattr(type(module).forward, "__module__", "").startswith("lxt")
+    return sum(from_lxt(m) for m in model.modules())
+
+
 def relevance(model: torch.nn.Module, name: str, ids: torch.Tensor) -> dict:
     """lxt's Gradient×Input relevance ``(B, T)`` of the predicted logit (prefix tokens dropped).
 
@@ -86,6 +98,7 @@ def main(argv=None) -> None:
             model, _ = load_checkpoint(checkpoint_path(name, seed, Path(args.cache_dir)))
             row = relevance(model, name, eval_batch(MODELS[name].task, seed, args.n).ids)
             row["model_class"] = f"{type(model).__module__}.{type(model).__name__}"  # lxt's own class for BERT
+            row["lxt_modules"] = lxt_modules(model)
             results["rows"][f"{name}/{seed}"] = row
     torch.save(results, args.out)
 

@@ -50,9 +50,19 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+#: model -> (transformers family, config class, model class)
+_CLASSES = {"llama": ("llama", "LlamaConfig", "LlamaForCausalLM"),
+            "bert": ("bert", "BertConfig", "BertForSequenceClassification")}
+
+
 def _classes(name: str):
-    from transformers import BertConfig, BertForSequenceClassification, LlamaConfig, LlamaForCausalLM
-    return {"llama": (LlamaConfig, LlamaForCausalLM), "bert": (BertConfig, BertForSequenceClassification)}[name]
+    # Looked up in the modeling module at call time, not through ``transformers``' lazy top-level
+    # names: lxt's BERT rules replace the classes of that module, and must be the ones built.
+    import importlib
+    family, config_name, model_name = _CLASSES[name]
+    config = importlib.import_module(f"transformers.models.{family}.configuration_{family}")
+    modeling = importlib.import_module(f"transformers.models.{family}.modeling_{family}")
+    return getattr(config, config_name), getattr(modeling, model_name)
 
 
 def build_model(name: str, seed: int) -> nn.Module:
