@@ -123,7 +123,7 @@ def test_metrics_are_well_formed_on_an_untrained_model(name):
         relevance, completeness = table[variant](ex)
         assert relevance.shape == batch.ids.shape and bool(torch.isfinite(relevance).all()), variant
         scores = score_relevance(ex.wrapper, ex.embeds, relevance, ex.pred, batch.evidence, completeness)
-        for key in ("mif", "lif", "ap"):
+        for key in ("mif", "lif", "ap", "ap_abs", "neg_evidence"):
             assert 0.0 <= scores[key] <= 1.0, (variant, key, scores[key])
         assert scores["srg"] == pytest.approx(scores["lif"] - scores["mif"])
         assert (scores["ce"] is None) == (completeness is None)

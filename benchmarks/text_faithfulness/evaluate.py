@@ -37,7 +37,7 @@ RESULTS = Path(__file__).resolve().parents[1] / "results"
 LXT_PYTHON = DEFAULT_CACHE / "lxt_venv" / "bin" / "python"
 GRADIENT_METHODS = ("input_x_gradient", "integrated_gradients", "fullgrad", "fullgrad+",
                     "gradcam", "hirescam", "gradcam+", "xgradcam+")
-KEYS = ("mif", "lif", "srg", "aopc", "ap", "ce")
+KEYS = ("mif", "lif", "srg", "aopc", "ap", "ap_abs", "neg_evidence", "ce")
 LXT_NAMES = {"attnlrp": "lxt AttnLRP", "cplrp": "lxt CP-LRP"}
 
 
@@ -163,6 +163,8 @@ def _cell(value) -> str:
     if value is None:
         return "–"
     mean, std = value
+    if mean == 0 and std == 0:
+        return "0"
     return f"{mean:.3f} ± {std:.3f}" if abs(mean) >= 1e-3 else f"{mean:.1e}"
 
 
@@ -179,8 +181,9 @@ def markdown(results: dict) -> str:
                   f"{audit['ce_before']:.2e} → Libra {audit['ce_after']:.2e}"
                   + (f", unbalanced ops: {', '.join(audit['unbalanced_ops'])} ({audit['n_unbalanced']} nodes)"
                      if audit["unbalanced_ops"] else "") + ".", "",
-                  "| method | MIF AUC ↓ | LIF AUC ↑ | SRG ↑ | MIF AOPC ↑ | evidence AP ↑ | completeness error |",
-                  "|---|---|---|---|---|---|---|"]
+                  "| method | MIF AUC ↓ | LIF AUC ↑ | SRG ↑ | MIF AOPC ↑ | evidence AP ↑ | AP of abs ↑ "
+                  "| evidence < 0 | completeness error |",
+                  "|---|---|---|---|---|---|---|---|---|"]
         for variant, row in data["table"].items():
             lines.append(f"| {variant} | " + " | ".join(_cell(row[k]) for k in KEYS) + " |")
         lines.append("")

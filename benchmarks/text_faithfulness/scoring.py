@@ -44,15 +44,18 @@ def score_relevance(wrapper: EmbedsModel, embeds: torch.Tensor, relevance: torch
     Returns:
         dict of floats: ``mif``/``lif`` (accuracy AUC over 10%..90% deleted), ``srg`` = lif − mif,
         ``aopc`` (MIF: mean drop of the predicted probability), ``ap`` (evidence AP), ``ce`` (median
-        completeness error or ``None``).
+        completeness error or ``None``), ``ap_abs`` (AP of ``|relevance|``: finds the evidence whatever
+        its sign) and ``neg_evidence`` (share of evidence tokens with negative relevance).
 
     Example:
         >>> s = score_relevance(w, embeds, rel, pred, batch.evidence)  # doctest: +SKIP
         >>> sorted(s)
-        ['aopc', 'ap', 'ce', 'lif', 'mif', 'srg']
+        ['aopc', 'ap', 'ap_abs', 'ce', 'lif', 'mif', 'neg_evidence', 'srg']
     """
     curves = mif_lif(GridView(wrapper).eval(), to_grid(embeds), relevance.detach(), 1, labels=pred,
                      baseline=mask_baseline(wrapper), batch_size=batch_size)
     return {"mif": curves["mif_auc"], "lif": curves["lif_auc"], "srg": curves["srg"], "aopc": curves["mif"].aopc,
             "ap": average_precision(relevance.detach(), evidence).mean,
+            "ap_abs": average_precision(relevance.detach().abs(), evidence).mean,
+            "neg_evidence": float((relevance.detach()[evidence] < 0).float().mean()),
             "ce": None if completeness is None else float(completeness.abs().median())}
