@@ -231,7 +231,7 @@ def provenance() -> str:
     def git(*args):
         done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
         return done.stdout.strip()
-    dirty = git("diff", "--stat", "HEAD", "--", "libra_fx", "passes")
+    dirty = ", ".join(git("diff", "--name-only", "HEAD", "--", "libra_fx", "passes").split())
     return f"commit {git('rev-parse', '--short', 'HEAD')}" + (f", with uncommitted engine changes: {dirty}" if dirty else "")
 
 
