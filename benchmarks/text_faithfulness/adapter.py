@@ -41,7 +41,18 @@ class EmbedsModel(nn.Module):
         self.register_buffer("prefix_ids", torch.tensor(self.spec.prefix, dtype=torch.long), persistent=False)
 
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """Token embeddings ``(B, T, D)`` of content ids (no prefix), detached."""
+        """Token embeddings of content ids (no prefix), detached.
+
+        Args:
+            ids: ``(B, T)`` token ids.
+
+        Returns:
+            ``(B, T, D)`` embeddings.
+
+        Example:
+            >>> w.embed(torch.zeros(1, 3, dtype=torch.long)).shape  # doctest: +SKIP
+            torch.Size([1, 3, 64])
+        """
         return self.model.get_input_embeddings()(ids).detach()
 
     def forward(self, embeds: torch.Tensor) -> torch.Tensor:
@@ -58,6 +69,15 @@ class GridView(nn.Module):
 
     Token deletion is patch deletion with 1×1 patches on a 1×T grid whose channels are the embedding;
     the baseline is the ``MASK`` token's embedding as a ``(D, 1, 1)`` tensor.
+
+    Args:
+        wrapper: the :class:`EmbedsModel` to run.
+
+    Example:
+        >>> from .models import build_model
+        >>> w = EmbedsModel(build_model("bert", 0), "bert")
+        >>> GridView(w)(to_grid(w.embed(torch.zeros(2, 24, dtype=torch.long)))).shape
+        torch.Size([2, 4])
     """
 
     def __init__(self, wrapper: EmbedsModel):
@@ -69,7 +89,18 @@ class GridView(nn.Module):
 
 
 def to_grid(embeds: torch.Tensor) -> torch.Tensor:
-    """``(B, T, D)`` -> ``(B, D, 1, T)`` (see :class:`GridView`)."""
+    """``(B, T, D)`` -> ``(B, D, 1, T)`` (see :class:`GridView`).
+
+    Args:
+        embeds: ``(B, T, D)`` token embeddings.
+
+    Returns:
+        The same values as a ``(B, D, 1, T)`` grid.
+
+    Example:
+        >>> to_grid(torch.zeros(2, 5, 8)).shape
+        torch.Size([2, 8, 1, 5])
+    """
     return embeds.transpose(1, 2).unsqueeze(2)
 
 
@@ -117,6 +148,12 @@ def rollout_relevance(wrapper: EmbedsModel, embeds: torch.Tensor) -> torch.Tenso
 
     Returns:
         ``(B, T)`` relevance.
+
+    Example:
+        >>> from .models import build_model
+        >>> w = EmbedsModel(build_model("llama", 0), "llama")
+        >>> rollout_relevance(w, w.embed(torch.zeros(1, 17, dtype=torch.long))).shape
+        torch.Size([1, 17])
     """
     n_prefix = len(wrapper.spec.prefix)
     with torch.no_grad():

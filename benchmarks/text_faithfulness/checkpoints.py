@@ -13,7 +13,15 @@ DEFAULT_CACHE = Path("benchmarks/cache")  # git-ignored
 
 
 def checkpoint_path(model: str, seed: int, cache_dir: Path = DEFAULT_CACHE) -> Path:
-    """``<cache_dir>/text_<model>_seed<seed>.pt``.
+    """Where the checkpoint of ``model`` trained with ``seed`` is cached.
+
+    Args:
+        model: key of :data:`~benchmarks.text_faithfulness.models.MODELS`.
+        seed: training seed.
+        cache_dir: the (git-ignored) cache folder.
+
+    Returns:
+        ``<cache_dir>/text_<model>_seed<seed>.pt``.
 
     Example:
         >>> checkpoint_path("llama", 1).name
@@ -23,7 +31,13 @@ def checkpoint_path(model: str, seed: int, cache_dir: Path = DEFAULT_CACHE) -> P
 
 
 def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
-    """``(HF model in eval mode, checkpoint dict)`` from a checkpoint file, in any transformers version.
+    """Load a checkpoint file, in any transformers version.
+
+    Args:
+        path: a file written by :func:`benchmarks.text_faithfulness.train.load_or_train`.
+
+    Returns:
+        ``(HF model in eval mode, checkpoint dict)``.
 
     Example:
         >>> model, ckpt = load_checkpoint(checkpoint_path("bert", 0))  # doctest: +SKIP
@@ -33,7 +47,13 @@ def load_checkpoint(path: Path) -> tuple[nn.Module, dict]:
 
 
 def model_from(ckpt: dict) -> nn.Module:
-    """The HF model (eval mode) of a loaded checkpoint dict.
+    """The HF model of a loaded checkpoint dict.
+
+    Args:
+        ckpt: dict with ``train`` (the training configuration) and ``state_dict``.
+
+    Returns:
+        The model in eval mode.
 
     Example:
         >>> model = model_from(torch.load(checkpoint_path("bert", 0), weights_only=False))  # doctest: +SKIP

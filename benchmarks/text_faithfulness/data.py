@@ -127,6 +127,14 @@ def sample_kv_train(n: int, gen: torch.Generator, mask_prob: float = 0.0) -> Bat
     batches the 2-layer model reaches 100% at 8 pairs in 1000 steps at lr 1e-3, but sits on a
     plateau at ~25% after 3000 steps at lr 3e-3, as it did with single-query 8-pair batches.)
 
+    Args:
+        n: sequences.
+        gen: the seeded generator.
+        mask_prob: probability of masking each context token that is not the first query's evidence.
+
+    Returns:
+        :class:`Batch` with ``targets`` set (``labels``: the first query's answer; no evidence).
+
     Example:
         >>> b = sample_kv_train(2, torch.Generator().manual_seed(0))
         >>> int((b.targets[0] >= 0).sum())
@@ -159,7 +167,18 @@ KW_KEY0 = KW_WORD0 + KW_DISTRACTORS
 
 
 def keyword_class(token: torch.Tensor) -> torch.Tensor:
-    """Class of keyword token ids (``-1`` for a non-keyword)."""
+    """Class of keyword token ids.
+
+    Args:
+        token: a tensor of token ids.
+
+    Returns:
+        Same shape: the keyword class, ``-1`` for a non-keyword.
+
+    Example:
+        >>> keyword_class(torch.tensor([KW_KEY0, KW_KEY0 + KW_PER_CLASS, KW_WORD0])).tolist()
+        [0, 1, -1]
+    """
     offset = token - KW_KEY0
     is_key = (offset >= 0) & (offset < KW_CLASSES * KW_PER_CLASS)
     return torch.where(is_key, offset // KW_PER_CLASS, torch.full_like(offset, -1))
@@ -221,7 +240,15 @@ EVAL_SEED_OFFSET = 200_000  # explained sequences of seed k: generator seed 200_
 
 
 def eval_batch(task: str, seed: int, n: int) -> Batch:
-    """The ``n`` sequences explained for the model trained with ``seed`` (shared by every method and env).
+    """The sequences explained for the model trained with ``seed`` (shared by every method and env).
+
+    Args:
+        task: key of :data:`TASKS`.
+        seed: the training seed.
+        n: sequences.
+
+    Returns:
+        :class:`Batch` drawn with generator seed ``EVAL_SEED_OFFSET + seed``.
 
     Example:
         >>> eval_batch("keyword", 0, 3).ids.shape

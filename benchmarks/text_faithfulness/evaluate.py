@@ -42,7 +42,18 @@ LXT_NAMES = {"attnlrp": "lxt AttnLRP", "cplrp": "lxt CP-LRP"}
 
 
 class Explained:
-    """One model and batch being explained: the wrapper, its balanced graph, inputs and predictions."""
+    """One model and batch being explained: the wrapper, its balanced graph, inputs and predictions.
+
+    Args:
+        model: a trained (or any) HF model of :data:`MODELS`.
+        name: its key.
+        ids: ``(B, T)`` content ids to explain.
+
+    Example:
+        >>> from .models import build_model
+        >>> Explained(build_model("bert", 0), "bert", torch.zeros(2, 24, dtype=torch.long)).pred.shape
+        torch.Size([2])
+    """
 
     def __init__(self, model: torch.nn.Module, name: str, ids: torch.Tensor):
         self.name = name
@@ -69,7 +80,10 @@ def _random_variant(ex: Explained) -> tuple:
 
 
 def variants() -> dict[str, Callable[[Explained], tuple]]:
-    """name -> ``Explained -> (relevance (B, T), completeness errors or None)`` for the in-process methods.
+    """The in-process methods: gradient methods plain and Libra, rollout, random.
+
+    Returns:
+        ``{name: Explained -> (relevance (B, T), completeness errors (B,) or None)}``.
 
     Example:
         >>> "fullgrad (Libra)" in variants()
@@ -85,7 +99,18 @@ def variants() -> dict[str, Callable[[Explained], tuple]]:
 
 
 def audit_state(ex: Explained) -> dict:
-    """libra_fx's audit of the wrapped model: completeness before/after and the unbalanced ops."""
+    """libra_fx's audit of the wrapped model on four of the explained sequences.
+
+    Args:
+        ex: the explained model.
+
+    Returns:
+        dict: ``balanced``, ``ce_before``, ``ce_after``, ``unbalanced_ops`` (op names), ``n_unbalanced``.
+
+    Example:
+        >>> audit_state(Explained(model, "llama", ids))["balanced"]  # doctest: +SKIP
+        False
+    """
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         report = libra_fx.audit(ex.wrapper, (ex.embeds[:4],), target=ex.pred[:4])
@@ -95,7 +120,23 @@ def audit_state(ex: Explained) -> dict:
 
 
 def run_lxt(models: list[str], seeds: list[int], n: int, cache_dir: Path, python: Path) -> dict:
-    """lxt relevance per variant, ``{variant: {"model/seed": {...}}}`` or ``{variant: error string}``."""
+    """lxt relevance per variant, each from a subprocess in lxt's venv (:mod:`.lxt_relevance`).
+
+    Args:
+        models: model keys (those lxt has no map for are skipped).
+        seeds: training seeds (their checkpoints must exist).
+        n: explained sequences per seed.
+        cache_dir: checkpoint folder.
+        python: the venv's python.
+
+    Returns:
+        ``{variant: {"transformers": version, "rows": {"model/seed": {...}}}}``, or an error string
+        for a variant whose run failed.
+
+    Example:
+        >>> run_lxt(["llama"], [0], 8, DEFAULT_CACHE, LXT_PYTHON)["attnlrp"]["transformers"]  # doctest: +SKIP
+        '4.52.4'
+    """
     out = {}
     for variant in PATCH_MAPS:
         wanted = [m for m in models if supported(variant, m)]
@@ -126,7 +167,22 @@ def _lxt_rows(ex: Explained, seed: int, batch, lxt: dict) -> dict:
 
 
 def evaluate_model(name: str, seed: int, n: int, lxt: dict, steps=None, cache_dir: Path = DEFAULT_CACHE) -> dict:
-    """Every variant's scores on the model ``name`` trained with ``seed``."""
+    """Every variant's scores on the model ``name`` trained with ``seed`` (trained here when not cached).
+
+    Args:
+        name: key of :data:`MODELS`.
+        seed: training seed.
+        n: explained sequences.
+        lxt: output of :func:`run_lxt` (``{}`` for none).
+        steps: training steps (default: the cached budget).
+        cache_dir: checkpoint folder.
+
+    Returns:
+        dict: ``test_acc``, ``eval_acc``, ``audit`` (:func:`audit_state`) and ``rows`` (variant -> scores).
+
+    Example:
+        >>> evaluate_model("bert", 0, 32, {})["rows"]["fullgrad (Libra)"]["srg"]  # doctest: +SKIP
+    """
     model, metrics = load_or_train(name, seed, steps, cache_dir)
     batch = eval_batch(MODELS[name].task, seed, n)
     ex = Explained(model, name, batch.ids)
@@ -142,7 +198,13 @@ def evaluate_model(name: str, seed: int, n: int, lxt: dict, steps=None, cache_di
 
 
 def aggregate(runs: list[dict]) -> dict:
-    """``{variant: {key: (mean, std) or None}}`` over seeds (population std).
+    """Mean and population std over seeds of every score of every variant.
+
+    Args:
+        runs: outputs of :func:`evaluate_model`, one per seed.
+
+    Returns:
+        ``{variant: {key: (mean, std) or None}}``.
 
     Example:
         >>> aggregate([{"rows": {"a": {"srg": 1.0}}}, {"rows": {"a": {"srg": 0.0}}}])["a"]["srg"]
@@ -169,7 +231,18 @@ def _cell(value) -> str:
 
 
 def markdown(results: dict) -> str:
-    """The results as markdown: per model, accuracy, audit state and the table."""
+    """The results as markdown: per model, accuracy, audit state and the table; then the notes.
+
+    Args:
+        results: the dict :func:`main` writes as JSON.
+
+    Returns:
+        Markdown text.
+
+    Example:
+        >>> markdown({"models": {}, "notes": ["n"]}).strip()
+        '- n'
+    """
     lines = []
     for model, data in results["models"].items():
         spec = MODELS[model]
@@ -199,7 +272,15 @@ def markdown(results: dict) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    """SRG and evidence AP per method (plain vs Libra bars; single bars for the rest), one column per model."""
+    """SRG and evidence AP per method (plain vs Libra bars; single bars for the rest), one column per model.
+
+    Args:
+        results: the dict :func:`main` writes as JSON.
+        path: the PNG to write.
+
+    Example:
+        >>> plot(json.loads(Path("benchmarks/results/text_faithfulness.json").read_text()), Path("/tmp/t.png"))  # doctest: +SKIP
+    """
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -227,7 +308,15 @@ def plot(results: dict, path: Path) -> None:
 
 
 def provenance() -> str:
-    """The commit the numbers come from, and any uncommitted change to the engine (libra_fx/, passes/)."""
+    """The commit the numbers come from, and any uncommitted change to the engine (libra_fx/, passes/).
+
+    Returns:
+        e.g. ``"commit 41b7c02"`` or ``"commit 41b7c02, with uncommitted engine changes: libra_fx/opset.py"``.
+
+    Example:
+        >>> provenance().startswith("commit")
+        True
+    """
     def git(*args):
         done = subprocess.run(["git", *args], capture_output=True, text=True, cwd=Path(__file__).resolve().parents[2])
         return done.stdout.strip()

@@ -30,6 +30,13 @@ PATCH_MAPS = {
 def supported(variant: str, model: str) -> bool:
     """Whether lxt 2.1 ships a patch map for ``variant`` on ``model``.
 
+    Args:
+        variant: key of :data:`PATCH_MAPS`.
+        model: key of :data:`MODELS`.
+
+    Returns:
+        ``True`` when :data:`PATCH_MAPS` has the pair.
+
     Example:
         >>> supported("cplrp", "bert")
         False
@@ -45,7 +52,13 @@ def _patch(variant: str, model: str) -> None:
 
 
 def lxt_modules(model: torch.nn.Module) -> int:
-    """Submodules running lxt code (an lxt class, or a forward patched by lxt): 0 means lxt did nothing.
+    """Submodules running lxt code (an lxt class, or a forward patched by lxt).
+
+    Args:
+        model: a model, after ``monkey_patch``.
+
+    Returns:
+        The count; 0 means lxt changed nothing in this model.
 
     Example:
         >>> lxt_modules(torch.nn.Linear(2, 2))
@@ -66,6 +79,10 @@ def relevance(model: torch.nn.Module, name: str, ids: torch.Tensor) -> dict:
 
     Returns:
         dict with ``relevance``, ``pred`` ``(B,)`` and ``logits`` ``(B, C)``.
+
+    Example:
+        >>> relevance(patched_llama, "llama", eval_batch("kv", 0, 4).ids)["relevance"].shape  # doctest: +SKIP
+        torch.Size([4, 17])
     """
     spec = MODELS[name]
     prefix = torch.tensor(spec.prefix, dtype=torch.long).expand(ids.shape[0], -1)

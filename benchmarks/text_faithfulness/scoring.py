@@ -17,7 +17,13 @@ from .data import MASK
 
 
 def mask_baseline(wrapper: EmbedsModel) -> torch.Tensor:
-    """The ``MASK`` token embedding as a ``(D, 1, 1)`` deletion baseline.
+    """The ``MASK`` token embedding as a deletion baseline.
+
+    Args:
+        wrapper: the explained model.
+
+    Returns:
+        ``(D, 1, 1)`` tensor (broadcasts over the ``(B, D, 1, T)`` grid).
 
     Example:
         >>> from .models import build_model
@@ -48,7 +54,11 @@ def score_relevance(wrapper: EmbedsModel, embeds: torch.Tensor, relevance: torch
         its sign) and ``neg_evidence`` (share of evidence tokens with negative relevance).
 
     Example:
-        >>> s = score_relevance(w, embeds, rel, pred, batch.evidence)  # doctest: +SKIP
+        >>> from .data import make_batch
+        >>> from .models import build_model
+        >>> w, batch = EmbedsModel(build_model("bert", 0), "bert").eval(), make_batch("keyword", 4, 0)
+        >>> embeds = w.embed(batch.ids)
+        >>> s = score_relevance(w, embeds, batch.evidence.float(), w(embeds).argmax(-1), batch.evidence)
         >>> sorted(s)
         ['aopc', 'ap', 'ap_abs', 'ce', 'lif', 'mif', 'neg_evidence', 'srg']
     """

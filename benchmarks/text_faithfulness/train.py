@@ -50,7 +50,15 @@ DEFAULTS: dict[str, dict] = {"llama": dict(steps=1200), "bert": dict(steps=600)}
 
 
 def config_for(model: str, seed: int, steps: int | None = None) -> TrainConfig:
-    """The training configuration of ``model`` at ``seed`` (``steps`` overrides the default budget).
+    """The training configuration of ``model`` at ``seed``.
+
+    Args:
+        model: key of :data:`MODELS`.
+        seed: training seed.
+        steps: overrides the default budget of :data:`DEFAULTS`.
+
+    Returns:
+        :class:`TrainConfig`.
 
     Example:
         >>> config_for("bert", 0).steps
@@ -66,6 +74,13 @@ def batch_loss(wrapper: EmbedsModel, batch: Batch) -> torch.Tensor:
     """Cross-entropy of a batch: next-token loss at every supervised position when the batch has
     ``targets`` (language model), else of the explained logits against ``labels``.
 
+    Args:
+        wrapper: the model being trained.
+        batch: a training :class:`Batch`.
+
+    Returns:
+        Scalar loss (with gradient).
+
     Example:
         >>> from .models import build_model
         >>> w = EmbedsModel(build_model("bert", 0), "bert")
@@ -80,7 +95,15 @@ def batch_loss(wrapper: EmbedsModel, batch: Batch) -> torch.Tensor:
 
 
 def train_step(wrapper: EmbedsModel, batch: Batch, opt: torch.optim.Optimizer) -> float:
-    """One optimisation step (:func:`batch_loss`); returns the loss.
+    """One optimisation step (:func:`batch_loss`, gradient clipping at 1).
+
+    Args:
+        wrapper: the model (switched to train mode).
+        batch: a training :class:`Batch`.
+        opt: its optimiser.
+
+    Returns:
+        The loss as a float.
 
     Example:
         >>> from .models import build_model
@@ -100,6 +123,14 @@ def train_step(wrapper: EmbedsModel, batch: Batch, opt: torch.optim.Optimizer) -
 def accuracy(wrapper: EmbedsModel, ids: torch.Tensor, labels: torch.Tensor) -> float:
     """Accuracy of the explained prediction (eval mode; left there).
 
+    Args:
+        wrapper: the model.
+        ids: ``(B, T)`` content ids.
+        labels: ``(B,)`` answers.
+
+    Returns:
+        Accuracy in ``[0, 1]``.
+
     Example:
         >>> from .models import build_model
         >>> b = make_batch("keyword", 8, 0)
@@ -111,7 +142,20 @@ def accuracy(wrapper: EmbedsModel, ids: torch.Tensor, labels: torch.Tensor) -> f
 
 
 def train(cfg: TrainConfig, log: bool = True) -> tuple[nn.Module, dict]:
-    """Train ``cfg.model`` from scratch; returns ``(HF model in eval mode, metrics)``."""
+    """Train ``cfg.model`` from scratch on fresh batches of its task.
+
+    Args:
+        cfg: the configuration.
+        log: print the loss every 250 steps.
+
+    Returns:
+        ``(HF model in eval mode, {"test_acc", "final_loss", "train_s"})``.
+
+    Example:
+        >>> model, metrics = train(config_for("bert", 0, steps=5), log=False)
+        >>> 0 <= metrics["test_acc"] <= 1
+        True
+    """
     spec = MODELS[cfg.model]
     wrapper = EmbedsModel(build_model(cfg.model, cfg.seed), cfg.model)
     opt = torch.optim.AdamW(wrapper.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
