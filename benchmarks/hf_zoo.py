@@ -15,7 +15,7 @@ from __future__ import annotations
 import math
 import time
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable, Optional, Sequence
 
 import torch
@@ -436,59 +436,42 @@ def _lm(model_type: str, family: str, attn: str = "sdpa", entry: Optional[dict] 
 
 
 #: causes of today's failures (issue 11 numbering; proposed fixes: hfzoo_proposed_core.diff at the repo root)
-CAST = ("issue 11 #5: aten.to / aten.type_as are unknown ops; Hugging Face RMSNorm computes "
-        "x.to(float32)·rsqrt(mean(x.to(float32)²)+eps), so the RMSNorm rule never matches (audit: to, pow, rsqrt, mul)")
-TANH_GELU = ("issue 11 #7: hand-written tanh GELU (gelu_new, 0.5·x·(1+tanh(c·(x+0.044715·x³)))): the x³ stays "
-             "unbalanced (audit: pow) and .grad CE is ~1e-3")
-MOE = ("issue 11 #4: export crashes in the autograd.Function watcher ('classmethod_descriptor' object has no "
-       "attribute '__func__'); once fixed, the experts' torch.ops.transformers.grouped_mm_fallback is an "
-       "unknown op and its generated autograd Function is misreported as inlined")
-MAMBA = ("issue 11 #6: stale facts in multiplicative_gate insert const(None) (AttributeError in verification) — "
-         "reached only while casts are unknown (#5); with casts known the audit names the selective scan's exp and "
-         "softplus (and aten.tensor_split, unknown)")
-INPUT_CAST = ("issue 11 #5: aten.to is an unknown op; CLIP's patch embedding casts its input "
-              "(pixel_values.to(dtype)) so the audit names `to` (CE itself is fine)")
-SITE_LAYOUT = ("completeness.py sums each bias site as if its dim 0 were the batch; the MAP head's "
-               "nn.MultiheadAttention is captured seq-first, (L, B, D), so libra_fx's per-sample CE is 0.1 "
-               "while .grad gives 1e-15 (and issue 11 #5 for the input cast)")
-
 _FP32 = {"dtype": torch.float32, "note": "float32: grouped_mm has no float64 CPU kernel"}
 _GPT2 = dict(n_embd=HIDDEN, n_layer=1, n_head=4, vocab_size=64, n_positions=64)
 
 HF_ZOO: tuple[HFEntry, ...] = (
-    _lm("llama", "RMSNorm, RoPE, GQA, SwiGLU", entry={"defect": CAST}),
-    _lm("llama", "RMSNorm, RoPE, GQA, SwiGLU", attn="eager", entry={"defect": CAST}),
-    _lm("qwen2", "q/k/v biases, GQA", entry={"defect": CAST}),
-    _lm("qwen2", "q/k/v biases, GQA", attn="eager", entry={"defect": CAST}),
-    _lm("qwen3", "q/k RMSNorm, GQA", entry={"defect": CAST}),
-    _lm("mistral", "sliding window 4 < sequence 8", entry={"defect": CAST}, **_SLIDING),
-    _lm("mistral", "sliding window 4 < sequence 8", attn="eager", entry={"defect": CAST}, **_SLIDING),
-    _lm("gemma", "GeGLU (tanh GELU), (1+w) RMSNorm, scaled embeddings", entry={"defect": CAST}),
+    _lm("llama", "RMSNorm, RoPE, GQA, SwiGLU"),
+    _lm("llama", "RMSNorm, RoPE, GQA, SwiGLU", attn="eager"),
+    _lm("qwen2", "q/k/v biases, GQA"),
+    _lm("qwen2", "q/k/v biases, GQA", attn="eager"),
+    _lm("qwen3", "q/k RMSNorm, GQA"),
+    _lm("mistral", "sliding window 4 < sequence 8", **_SLIDING),
+    _lm("mistral", "sliding window 4 < sequence 8", attn="eager", **_SLIDING),
+    _lm("gemma", "GeGLU (tanh GELU), (1+w) RMSNorm, scaled embeddings"),
     _lm("gemma2", "attention + final-logit soft-capping (tanh), sliding window", attn="eager",
-        entry={"defect": CAST}, num_hidden_layers=2, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
+        num_hidden_layers=2, attn_logit_softcapping=50.0, final_logit_softcapping=30.0,
         query_pre_attn_scalar=8, **_SLIDING),
-    _lm("gemma3_text", "q/k norm, local/global layers", entry={"defect": CAST}, num_hidden_layers=2,
+    _lm("gemma3_text", "q/k norm, local/global layers", num_hidden_layers=2,
         query_pre_attn_scalar=8, layer_types=["sliding_attention", "full_attention"], **_SLIDING),
-    _lm("phi", "partial RoPE, parallel block, gelu_new, LayerNorm", entry={"defect": TANH_GELU},
+    _lm("phi", "partial RoPE, parallel block, gelu_new, LayerNorm", 
         partial_rotary_factor=0.5),
-    _lm("phi3", "fused qkv, fused gate/up SwiGLU", entry={"defect": CAST}, pad_token_id=0),
-    _entry("gpt2", causal_lm("gpt2", "sdpa", **_GPT2), "Conv1D, learned positions, gelu_new", defect=TANH_GELU),
-    _entry("gpt2", causal_lm("gpt2", "eager", **_GPT2), "Conv1D, learned positions, gelu_new", "eager",
-           defect=TANH_GELU),
+    _lm("phi3", "fused qkv, fused gate/up SwiGLU", pad_token_id=0),
+    _entry("gpt2", causal_lm("gpt2", "sdpa", **_GPT2), "Conv1D, learned positions, gelu_new"),
+    _entry("gpt2", causal_lm("gpt2", "eager", **_GPT2), "Conv1D, learned positions, gelu_new", "eager"),
     _lm("gpt_neox", "partial RoPE, parallel residual", rotary_pct=0.25),
     _lm("opt", "learned positions (offset 2), ReLU", ffn_dim=2 * HIDDEN, word_embed_proj_dim=HIDDEN),
     _entry("falcon", causal_lm("falcon", "sdpa", hidden_size=HIDDEN, num_hidden_layers=1, num_attention_heads=4,
                                vocab_size=64, new_decoder_architecture=False, multi_query=True),
            "multi-query attention, parallel block"),
-    _lm("olmo", "non-parametric LayerNorm", entry={"defect": CAST}),
-    _lm("mixtral", "sparse MoE (top-2 of 4 experts)", entry={"defect": MOE, **_FP32}, num_local_experts=4,
+    _lm("olmo", "non-parametric LayerNorm"),
+    _lm("mixtral", "sparse MoE (top-2 of 4 experts)", entry=_FP32, num_local_experts=4,
         num_experts_per_tok=2),
-    _lm("qwen2_moe", "MoE + shared expert (sigmoid gate)", entry={"defect": MOE, **_FP32}, num_experts=4,
+    _lm("qwen2_moe", "MoE + shared expert (sigmoid gate)", entry=_FP32, num_experts=4,
         num_experts_per_tok=2, moe_intermediate_size=HIDDEN, shared_expert_intermediate_size=HIDDEN,
         decoder_sparse_step=1),
     _entry("mamba", causal_lm("mamba", None, hidden_size=HIDDEN, state_size=8, num_hidden_layers=1, vocab_size=64,
                               expand=2, conv_kernel=4),
-           "selective state space (no attention)", attn="", defect=MAMBA, expect_unbalanced=("exp", "softplus")),
+           "selective state space (no attention)", attn="", expect_unbalanced=("exp", "softplus")),
     _entry("bert", encoder("bert", **_ENC), "post-LN encoder, learned positions, tanh pooler"),
     _entry("bert", encoder("bert", "eager", **_ENC), "post-LN encoder, learned positions, tanh pooler", "eager"),
     _entry("roberta", encoder("roberta", **_ENC), "padding-offset positions, tanh head"),
@@ -503,9 +486,8 @@ HF_ZOO: tuple[HFEntry, ...] = (
                 "that aten.to as the base of x·rsqrt(·) too, and the unknown cast stops the gate rule (issue 11 #5; "
                 "CE 1.2 in float32, tests/test_hf_zoo.py::test_hf_zoo_float32)"),
     _entry("vit", vit(), "ViT image classifier, class token"),
-    _entry("clip", zero_shot("clip"), "zero-shot logit, QuickGELU, L2-normalised features", defect=INPUT_CAST),
-    _entry("siglip", zero_shot("siglip"), "MAP-head pooling (nn.MultiheadAttention), logit bias",
-           defect=SITE_LAYOUT),
+    _entry("clip", zero_shot("clip"), "zero-shot logit, QuickGELU, L2-normalised features"),
+    _entry("siglip", zero_shot("siglip"), "MAP-head pooling (nn.MultiheadAttention), logit bias"),
 )
 
 BY_KEY = {(entry.name, entry.attn): entry for entry in HF_ZOO}

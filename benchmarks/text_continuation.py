@@ -40,8 +40,8 @@ def main(prompt: int = 48, tokens: int = 16, repeats: int = 5, method: str = "fu
         times["batched"].append(_time(batched))
         times["one_by_one"].append(_time(one_by_one))
     b, o = statistics.median(times["batched"]), statistics.median(times["one_by_one"])
-    print(f"| method | prompt | tokens | one batched call (s) | one call per token (s) | ratio |")
-    print(f"|---|---|---|---|---|---|")
+    print("| method | prompt | tokens | one batched call (s) | one call per token (s) | ratio |")
+    print("|---|---|---|---|---|---|")
     print(f"| {method} | {prompt} | {tokens} | {b:.3f} | {o:.3f} | {o / b:.1f}x |")
 
 

@@ -137,12 +137,18 @@ _ATEN = {
     "sym_size": "shape", "lift_fresh_copy": "identity", "detach": "const", "addmm": "linear_addmm",
     "expand": "expand", "slice": "getitem", "native_dropout": "dropout", "mean": "mean",
     "linalg_vector_norm": "norm", "hardswish": "hardswish", "silu": "silu", "reshape_as": "reshape",
-    "split_with_sizes": "split", "tensor_split": "split", "unsafe_split": "split", "unsafe_chunk": "chunk", "view_as": "reshape",
+    "split_with_sizes": "split", "unsafe_split": "split", "unsafe_chunk": "chunk", "view_as": "reshape",
     "expand_as": "expand", "avg_pool2d": "avg_pool", "avg_pool1d": "avg_pool", "avg_pool3d": "avg_pool",
     "adaptive_avg_pool2d": "avg_pool", "adaptive_avg_pool1d": "avg_pool", "_adaptive_avg_pool2d": "avg_pool",
     "max_pool2d_with_indices": "max_pool", "max_pool2d": "max_pool", "adaptive_max_pool2d": "max_pool",
     # dtype and device casts (Hugging Face RMSNorm: ``x.to(float32)``, ``w * y.to(input_dtype)``)
     "to": "cast", "type_as": "cast", "_assert_tensor_metadata": "shape",
+    # comparisons and mask logic: booleans carry no gradient
+    **{op: "shape" for op in ("le", "ge", "lt", "gt", "eq", "ne", "__and__", "__or__", "bitwise_and",
+                              "bitwise_or", "logical_and", "logical_or", "logical_not")},
+    "index": "getitem", "embedding": "index_select", "tensor_split": "split",
+    # grouped matmul of mixture-of-experts layers (transformers' CPU fallback is a torch.library op)
+    "_grouped_mm": "matmul", "grouped_mm": "matmul", "grouped_mm_fallback": "matmul",
 }
 
 _MODULES: dict[type, str] = {

@@ -533,8 +533,9 @@ def functionalize_inplace(gm: fx.GraphModule) -> list[tuple[fx.Node, str]]:
 
 def _user_frame(tb) -> Optional[traceback.FrameSummary]:
     """The innermost frame outside torch and libra_fx: where the model's own code did what failed."""
-    frames = [f for f in traceback.extract_tb(tb)
-              if "/torch/" not in f.filename and "/libra_fx/tracing.py" not in f.filename]
+    frames = [f for f in traceback.extract_tb(tb)  # (``<string>``: code FX generated, not the model's)
+              if "/torch/" not in f.filename and "/libra_fx/tracing.py" not in f.filename
+              and not f.filename.startswith("<")]
     return frames[-1] if frames else None
 
 
@@ -548,6 +549,9 @@ def _hint(exc: BaseException, has_inputs: bool) -> str:
         fix = ("rewrite the branch on tensor values without Python control flow (torch.where, masking) "
                "or move it out of forward()")
         return fix if has_inputs else f"pass example_inputs=... to enable the torch.export fallback, or {fix}"
+    if "not a known type" in text and "Cache" in text:  # Hugging Face's default use_cache=True
+        return ("the model returns a KV cache (a Python object export cannot flatten); call it with "
+                "use_cache=False, e.g. wrap it: forward(ids) = model(ids, use_cache=False).logits")
     return "" if has_inputs else "pass example_inputs=... to enable the torch.export fallback"
 
 
@@ -635,13 +639,32 @@ def _symbolic(model: nn.Module, leaf_types: Sequence[type]) -> fx.GraphModule:
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
 
 
+def _automatic_shapes(example_inputs: tuple) -> tuple:
+    """Every dimension of every tensor input left for export to decide (``Dim.AUTO``): dynamic where
+    the model allows it, so one capture serves other batch sizes and sequence lengths."""
+    return tuple({d: torch.export.Dim.AUTO for d in range(x.dim())} if isinstance(x, torch.Tensor) else None
+                 for x in example_inputs)
+
+
+def _export_program(model: nn.Module, example_inputs: tuple, dynamic_shapes: Any):
+    if dynamic_shapes is not None:
+        return torch.export.export(model, example_inputs, strict=False, dynamic_shapes=dynamic_shapes)
+    try:
+        return torch.export.export(model, example_inputs, strict=False,
+                                   dynamic_shapes=_automatic_shapes(example_inputs))
+    except Exception:  # some models cannot be captured with symbolic sizes: the example's shapes
+        return torch.export.export(model, example_inputs, strict=False)
+
+
 def _exported(model: nn.Module, example_inputs: tuple, dynamic_shapes: Any = None) -> fx.GraphModule:
     with _watch_autograd_functions([]) as applied:
-        program = torch.export.export(model, example_inputs, strict=False, dynamic_shapes=dynamic_shapes)
+        program = _export_program(model, example_inputs, dynamic_shapes)
     module = program.module()
     module.meta["libra_capture"] = "torch.export"
     # export inlines a Function's forward: its backward is lost, so the transform reports it
-    module.meta["libra_inlined_functions"] = sorted({cls.__qualname__ for cls in applied})
+    # (not the Functions torch.library generates for custom ops: export keeps the op as one node)
+    module.meta["libra_inlined_functions"] = sorted({cls.__qualname__ for cls in applied
+                                                     if not cls.__module__.startswith("torch._library")})
     return module
 
 
@@ -680,7 +703,9 @@ def trace(model: nn.Module, example_inputs: Any = None, *, leaf_types: Iterable[
         leaf_types: extra module classes to keep as single ``call_module`` nodes.
         capture: ``"auto"`` (symbolic tracing, export as fallback) or ``"export"`` (export only;
             needs ``example_inputs``).
-        dynamic_shapes: passed to ``torch.export.export`` (e.g. a dynamic sequence length).
+        dynamic_shapes: passed to ``torch.export.export``; by default every dimension is
+            ``Dim.AUTO`` (one capture serves other batch sizes and sequence lengths), and where that
+            capture fails, the example's static shapes.
 
     Returns:
         A GraphModule sharing the model's parameters, with their qualified names

@@ -9,21 +9,16 @@ the ops and ``strict=True`` raises. Entries that fail today because of a known e
 """
 from __future__ import annotations
 
-from dataclasses import replace
 
 import pytest
 import torch
 import torch.nn as nn
 
-from benchmarks.hf_zoo import BY_KEY, CAST, HF_ZOO, HFEntry, check, grad_completeness, is_additive, strict_raises
+from benchmarks.hf_zoo import BY_KEY, HF_ZOO, HFEntry, check, grad_completeness, is_additive, strict_raises
 
 pytest.importorskip("transformers")
 
 TOLERANCE = 1e-5  # the issue's target (it asks for fp32; the check runs in float64 where it can)
-
-#: failures that only show in float32
-FP32_DEFECTS = {("t5", "eager"): CAST}
-
 
 @pytest.fixture(autouse=True, scope="module")
 def _threads():
@@ -68,8 +63,7 @@ FP32 = [("t5", "eager"), ("llama", "sdpa"), ("gpt2", "sdpa"), ("bert", "sdpa")]
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("entry", [_param(replace(BY_KEY[k], defect=BY_KEY[k].defect or FP32_DEFECTS.get(k, "")))
-                                   for k in FP32])
+@pytest.mark.parametrize("entry", [_param(BY_KEY[k]) for k in FP32])
 def test_hf_zoo_float32(entry: HFEntry):
     _assert_balanced(entry, check(entry, torch.float32))
 
@@ -115,13 +109,10 @@ def test_is_additive(name, additive):
 
 
 # ---------------------------------------------------------------------------------------------
-# token ids, KV caches and sequence lengths: today's behaviour, pinned so that fixes show
+# token ids, KV caches and sequence lengths
 
 
 @pytest.mark.filterwarnings("ignore::libra_fx.errors.LibraWarning")  # the audit's warning: expected here
-@pytest.mark.xfail(strict=True, reason="torch.export specialises the sequence length: the captured module "
-                   "raises 'Guard failed: e.size()[1] == 8' at another length (fix: export with Dim.AUTO on "
-                   "non-batch dims, README.hfzoo.md)")
 def test_one_capture_serves_other_sequence_lengths():
     import libra_fx
     from benchmarks.hf_zoo import EmbeddingsToLastLogits, tiny_llama
@@ -131,9 +122,6 @@ def test_one_capture_serves_other_sequence_lengths():
     assert torch.equal(gm(longer), model(longer))
 
 
-@pytest.mark.xfail(strict=True, reason="with the default use_cache=True the output holds a DynamicCache: the "
-                   "TraceError blames symbolic tracing ('co_varnames is too small') and export's pytree error "
-                   "comes second; it should say to pass use_cache=False (or set it)")
 def test_token_ids_with_a_cache_output_get_a_clear_error():
     import libra_fx
     from benchmarks.hf_zoo import tiny_llama
@@ -142,7 +130,7 @@ def test_token_ids_with_a_cache_output_get_a_clear_error():
 
 
 # ---------------------------------------------------------------------------------------------
-# minimal repros of the engine defects behind the xfails above (export captures: each model has
+# minimal repros of the engine defects found by the zoo (issue 11), now regression tests (export captures: each model has
 # a ``range()`` over a size, which symbolic tracing cannot follow and torch.export can)
 
 
@@ -164,7 +152,6 @@ class _LastPosition(nn.Module):
 
 
 @pytest.mark.filterwarnings("ignore::libra_fx.errors.LibraWarning")  # the audit's warning: expected here
-@pytest.mark.xfail(strict=True, reason="aten.index (advanced indexing in an export graph) is an unknown op")
 def test_repro_advanced_index_is_known():
     import libra_fx
     gm = libra_fx.transform(_LastPosition().eval(), (torch.randn(2, 3, 4),))
@@ -180,8 +167,6 @@ class _ChainedGates(nn.Module):
         return a * torch.exp(x).to(torch.float32)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 #6: multiplicative_gate recomputes the gate on a graph an "
-                   "earlier rewrite changed, gets None and inserts const(None)")
 def test_repro_chained_gates_do_not_insert_const_none():
     import libra_fx
     libra_fx.transform(_ChainedGates(), (torch.randn(2, 4),))  # raised ForwardMismatchError
@@ -203,8 +188,6 @@ class _AttentionPool(nn.Module):
         return self.head(self.attn(self.probe.expand(x.shape[0], -1, -1), x, x)[0][:, 0])
 
 
-@pytest.mark.xfail(strict=True, reason="completeness.py sums each bias site over its dim 0 as if it were the "
-                   "batch; export decomposes nn.MultiheadAttention seq-first, (L, B, D)")
 def test_repro_seq_first_bias_site_is_counted_per_sample():
     import libra_fx
     torch.manual_seed(0)
@@ -236,8 +219,6 @@ class _CustomOp(nn.Module):
         return _scale(_needs_export(x), self.w)
 
 
-@pytest.mark.xfail(strict=True, reason="issue 11 #4 (export crashes in the autograd.Function watcher); then the "
-                   "Function torch.library generates for the op is reported as inlined though export keeps the op")
 def test_repro_custom_op_is_reported_as_an_op_not_an_inlined_function():
     import libra_fx
     gm = libra_fx.transform(_CustomOp(), (torch.randn(2, 4),))

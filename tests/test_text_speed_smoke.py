@@ -1,7 +1,6 @@
 """Smoke test of the text speed benchmark (benchmarks/text_speed.py): well-formed outputs, no timing."""
 import math
 import subprocess
-import sys
 
 import pytest
 import torch
