@@ -435,7 +435,6 @@ def _lm(model_type: str, family: str, attn: str = "sdpa", entry: Optional[dict] 
     return _entry(model_type, causal_lm(model_type, attn, **config), family, attn, **(entry or {}))
 
 
-#: causes of today's failures (issue 11 numbering; proposed fixes: hfzoo_proposed_core.diff at the repo root)
 _FP32 = {"dtype": torch.float32, "note": "float32: grouped_mm has no float64 CPU kernel"}
 _GPT2 = dict(n_embd=HIDDEN, n_layer=1, n_head=4, vocab_size=64, n_positions=64)
 
@@ -482,9 +481,8 @@ HF_ZOO: tuple[HFEntry, ...] = (
                                  **{k: v for k, v in _ENC.items() if k != "num_hidden_layers"}),
            "RoPE, GeGLU, bias-free LayerNorm, local/global attention"),
     _entry("t5", t5("eager"), "encoder-decoder, relative-position bias, RMSNorm, ReLU", "eager",
-           note="balanced in float64 only: in a float32 model `x.to(float32)` returns x itself, export records "
-                "that aten.to as the base of x·rsqrt(·) too, and the unknown cast stops the gate rule (issue 11 #5; "
-                "CE 1.2 in float32, tests/test_hf_zoo.py::test_hf_zoo_float32)"),
+           note="float32 is tested too: there `x.to(float32)` is a no-op cast that export records as the "
+                "base of x·rsqrt(·) (tests/test_hf_zoo.py::test_hf_zoo_float32)"),
     _entry("vit", vit(), "ViT image classifier, class token"),
     _entry("clip", zero_shot("clip"), "zero-shot logit, QuickGELU, L2-normalised features"),
     _entry("siglip", zero_shot("siglip"), "MAP-head pooling (nn.MultiheadAttention), logit bias"),

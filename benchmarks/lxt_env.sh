@@ -10,8 +10,8 @@
 #
 # The venv sees the system site-packages (torch, numpy, the project's editable libra_fx) and shadows
 # only transformers (4.52.4) and its pinned helpers (tokenizers, huggingface_hub). lxt is installed
-# without its heavy optional dependencies (bitsandbytes, accelerate, open_clip, zennit): the
-# efficient (input x gradient) path used here needs none of them.
+# without its heavy optional dependencies (bitsandbytes, accelerate, open_clip) but with zennit, which
+# lxt's BERT rules (benchmarks/text_faithfulness) import. One venv serves both lxt benchmarks.
 #
 # Usage: bash benchmarks/lxt_env.sh [VENV_DIR]   (default: benchmarks/cache/lxt-venv, git-ignored)
 #        then: python -m benchmarks.text_speed --lxt-python VENV_DIR/bin/python ...
@@ -30,7 +30,7 @@ if "$venv/bin/python" -c "import importlib.util,sys; sys.exit(importlib.util.fin
 fi
 "$venv/bin/pip" install -q "transformers==4.52.4" "huggingface_hub<1.0" $extra
 "$venv/bin/pip" install -q --no-deps "lxt==2.1"
-"$venv/bin/pip" install -q tabulate
+"$venv/bin/pip" install -q tabulate zennit
 "$venv/bin/python" - <<'PY'
 import torch, transformers, lxt.efficient
 from lxt.efficient import monkey_patch  # noqa: F401  (the API the benchmark uses)

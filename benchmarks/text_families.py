@@ -12,6 +12,7 @@ import warnings
 import torch
 
 import libra_fx
+from libra_fx.grad_completeness import randomise_bias_terms
 from libra_fx.hf import tiny_model
 from libra_fx.text import TextModel
 
@@ -19,19 +20,11 @@ FAMILIES = ("gpt_neox", "bert", "roberta", "distilbert", "gpt2", "opt", "qwen2",
             "gemma", "olmo", "llama")
 
 
-def _randomise_biases(model: torch.nn.Module) -> None:
-    generator = torch.Generator().manual_seed(1)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("bias"):
-                param.copy_(torch.randn(param.shape, generator=generator, dtype=param.dtype) * 0.5)
-
-
 def row(name: str) -> str:
     start = time.perf_counter()
     model, tok = tiny_model(name)
     model = model.double()
-    _randomise_biases(model)
+    randomise_bias_terms(model, std=0.5)
     lm = TextModel(model)
     ids = torch.tensor([tok.encode("the cat sat"), [0] * 4 + tok.encode("a dog x")])
     mask = (torch.arange(12) >= torch.tensor([[0], [4]])).long()

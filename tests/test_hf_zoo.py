@@ -4,8 +4,8 @@ For every entry of :data:`benchmarks.hf_zoo.HF_ZOO`: the forward is bit-identica
 untouched, and FullGrad is complete — measured the independent way, from ``.grad`` of the inputs
 and of every additive parameter found by name (:func:`benchmarks.hf_zoo.grad_completeness`), and
 agreeing with libra_fx's own ``completeness_error``. Where balance is impossible the audit names
-the ops and ``strict=True`` raises. Entries that fail today because of a known engine defect are
-``xfail(strict=True)`` with the cause, so they flip when it is fixed.
+the ops and ``strict=True`` raises. An entry with a known engine defect would be
+``xfail(strict=True)`` with the cause (``HFEntry.defect``); none has one now.
 """
 from __future__ import annotations
 
@@ -58,7 +58,7 @@ def test_hf_zoo(entry: HFEntry):
 
 #: float32 too (the issue's target), for one model per failure mode: a float64 run can hide one —
 #: T5's RMSNorm casts to float32, which is a no-op ``aten.to`` in a float32 model and a real cast in
-#: a float64 one, and only the former stops the RMSNorm rule today.
+#: a float64 one, and only the former once stopped the RMSNorm rule.
 FP32 = [("t5", "eager"), ("llama", "sdpa"), ("gpt2", "sdpa"), ("bert", "sdpa")]
 
 

@@ -1,8 +1,7 @@
 """Language models: ``attribute(model, input_ids=...)`` on tiny random Hugging Face models (no download).
 
 Completeness is checked in float64 with every bias and position embedding randomised (HF initialises
-biases to 0, which would hide the bias terms). Llama balances only once the engine knows HF RMSNorm's
-``to`` cast: that case is a strict xfail so it flips when the fix lands.
+biases to 0, which would hide the bias terms).
 """
 from __future__ import annotations
 
@@ -21,9 +20,6 @@ from libra_fx.text import Contrast, TextModel, text_methods
 
 pytest.importorskip("transformers")
 warnings.filterwarnings("ignore", message=".*unbalanced.*")
-
-LLAMA_CAST = ("HF RMSNorm casts with aten `to` (hidden_states.to(float32)), an op the engine does not know "
-              "yet: RMSNorm stays unbalanced (core fix in progress: opset/analysis)")
 
 
 def _randomised(name: str):
@@ -101,17 +97,13 @@ def test_fullgrad_is_complete_on_a_bert_classifier(bert):
     assert ((ixg - result.score).abs() > 1e-3).all()
 
 
-@pytest.mark.xfail(strict=True, reason=LLAMA_CAST)
 def test_fullgrad_is_complete_on_llama():
     _check_fullgrad(*_randomised("tiny-llama"), target=7)
 
 
-GELU_NEW = "GPT-2's gelu_new is a hand-written tanh GELU the gate pass does not match yet (core fix in progress)"
-
-
 @pytest.mark.parametrize("name", [
     "distilbert", "opt", "falcon",  # RoBERTa, Qwen2, ...: benchmarks/text_families.py
-    pytest.param("gpt2", marks=pytest.mark.xfail(strict=True, reason=GELU_NEW)),
+    "gpt2", "qwen2",  # hand-written tanh GELU; RMSNorm with casts and q/k/v biases
 ])
 def test_fullgrad_is_complete_on_more_families(name):
     _check_fullgrad(*_randomised(name), target=1)

@@ -44,8 +44,6 @@ def test_plain_and_libra_rows_are_well_formed_and_libra_is_complete(tmp_path):
     assert "#### bert" in text and "libra_fx eager" in text
 
 
-@pytest.mark.xfail(strict=True, reason="Llama's RMSNorm casts (aten to/type_as) are unknown to the opset, "
-                                       "so the norm stays unbalanced; the lead is fixing it in the core")
 def test_libra_is_complete_on_llama(tmp_path):
     check = _rows("llama", tmp_path)["libra_eager"]["check"]
     assert check["fullgrad_ce"] < 1e-5

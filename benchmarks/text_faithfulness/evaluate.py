@@ -33,7 +33,7 @@ from .scoring import score_relevance
 from .train import load_or_train
 
 RESULTS = Path(__file__).resolve().parents[1] / "results"
-LXT_PYTHON = DEFAULT_CACHE / "lxt_venv" / "bin" / "python"
+LXT_PYTHON = DEFAULT_CACHE / "lxt-venv" / "bin" / "python"
 GRADIENT_METHODS = ("input_x_gradient", "integrated_gradients", "fullgrad", "fullgrad+",
                     "gradcam", "hirescam", "gradcam+", "xgradcam+")
 KEYS = ("mif", "lif", "srg", "aopc", "ap", "ap_abs", "neg_evidence", "ce")
@@ -331,7 +331,7 @@ def main(argv=None) -> None:
     parser.add_argument("--quick", action="store_true", help="one seed, 32 sequences")
     parser.add_argument("--steps", type=int, default=None, help="training steps (default: the cached budget)")
     parser.add_argument("--cache-dir", default=str(DEFAULT_CACHE))
-    parser.add_argument("--lxt-python", default=str(LXT_PYTHON), help="python of lxt's venv (make_lxt_env.sh)")
+    parser.add_argument("--lxt-python", default=str(LXT_PYTHON), help="python of lxt's venv (benchmarks/lxt_env.sh)")
     parser.add_argument("--no-lxt", action="store_true")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--threads", type=int, default=1)
@@ -348,7 +348,7 @@ def main(argv=None) -> None:
     if args.no_lxt:
         notes.append("lxt rows left out (--no-lxt).")
     elif not Path(args.lxt_python).exists():
-        notes.append(f"lxt rows left out: no lxt venv at {args.lxt_python} (run make_lxt_env.sh).")
+        notes.append(f"lxt rows left out: no lxt venv at {args.lxt_python} (run benchmarks/lxt_env.sh).")
     else:
         lxt = run_lxt(args.models, args.seeds, args.n, cache, Path(args.lxt_python))
         notes += [f"{LXT_NAMES[v]}: {d}" for v, d in lxt.items() if isinstance(d, str)]

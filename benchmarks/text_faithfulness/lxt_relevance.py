@@ -1,12 +1,12 @@
 """lxt (AttnLRP / CP-LRP) token relevance for the benchmark's checkpoints; runs in lxt's own venv.
 
-lxt 2.1 does not import beside transformers 5.x (see ``make_lxt_env.sh``), so
+lxt 2.1 does not import beside transformers 5.x (see ``benchmarks/lxt_env.sh``), so
 :mod:`benchmarks.text_faithfulness.evaluate` runs this module as a subprocess with the venv's python,
 once per variant (lxt patches transformers classes process-wide, so the two variants cannot share a
 process). It loads the same checkpoints, explains the same sequences and the same predicted ids, and
 saves relevance plus its own logits (the caller checks they match the main environment's).
 
-    benchmarks/cache/lxt_venv/bin/python -m benchmarks.text_faithfulness.lxt_relevance \\
+    benchmarks/cache/lxt-venv/bin/python -m benchmarks.text_faithfulness.lxt_relevance \\
         --variant attnlrp --models llama bert --seeds 0 1 2 --n 128 --out /tmp/lxt_attnlrp.pt
 """
 from __future__ import annotations
