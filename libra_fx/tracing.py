@@ -647,13 +647,13 @@ def _automatic_shapes(example_inputs: tuple) -> tuple:
 
 
 def _export_program(model: nn.Module, example_inputs: tuple, dynamic_shapes: Any):
-    if dynamic_shapes is not None:
-        return torch.export.export(model, example_inputs, strict=False, dynamic_shapes=dynamic_shapes)
-    try:
-        return torch.export.export(model, example_inputs, strict=False,
-                                   dynamic_shapes=_automatic_shapes(example_inputs))
-    except Exception:  # some models cannot be captured with symbolic sizes: the example's shapes
-        return torch.export.export(model, example_inputs, strict=False)
+    if isinstance(dynamic_shapes, str) and dynamic_shapes == "auto":
+        try:
+            return torch.export.export(model, example_inputs, strict=False,
+                                       dynamic_shapes=_automatic_shapes(example_inputs))
+        except Exception:  # some models cannot be captured with symbolic sizes: the example's shapes
+            dynamic_shapes = None
+    return torch.export.export(model, example_inputs, strict=False, dynamic_shapes=dynamic_shapes)
 
 
 def _exported(model: nn.Module, example_inputs: tuple, dynamic_shapes: Any = None) -> fx.GraphModule:
@@ -703,9 +703,10 @@ def trace(model: nn.Module, example_inputs: Any = None, *, leaf_types: Iterable[
         leaf_types: extra module classes to keep as single ``call_module`` nodes.
         capture: ``"auto"`` (symbolic tracing, export as fallback) or ``"export"`` (export only;
             needs ``example_inputs``).
-        dynamic_shapes: passed to ``torch.export.export``; by default every dimension is
-            ``Dim.AUTO`` (one capture serves other batch sizes and sequence lengths), and where that
-            capture fails, the example's static shapes.
+        dynamic_shapes: passed to ``torch.export.export``; ``"auto"`` makes every dimension
+            ``Dim.AUTO`` (one capture serves other batch sizes and sequence lengths; the example's
+            static shapes where that capture fails). ``None``: static shapes, the fastest capture
+            (symbolic sizes can cost minutes of shape reasoning on convolutional hybrids).
 
     Returns:
         A GraphModule sharing the model's parameters, with their qualified names
@@ -726,12 +727,13 @@ def trace(model: nn.Module, example_inputs: Any = None, *, leaf_types: Iterable[
         if capture == "export":
             gm = _exported(model, inputs, dynamic_shapes)
         else:
-            gm = _capture(model, inputs, tuple(leaf_types))
+            gm = _capture(model, inputs, tuple(leaf_types), dynamic_shapes)
         normalise(gm)
     return gm
 
 
-def _capture(model: nn.Module, inputs: Optional[tuple], leaf_types: tuple) -> fx.GraphModule:
+def _capture(model: nn.Module, inputs: Optional[tuple], leaf_types: tuple,
+             dynamic_shapes: Any = None) -> fx.GraphModule:
     try:
         gm = _symbolic(model, leaf_types)
         gm.meta["libra_capture"] = "symbolic_trace"
@@ -741,6 +743,6 @@ def _capture(model: nn.Module, inputs: Optional[tuple], leaf_types: tuple) -> fx
     if inputs is None:
         raise _failure(model, first) from None
     try:
-        return _exported(model, inputs)
+        return _exported(model, inputs, dynamic_shapes)
     except Exception as exc:
         raise _failure(model, first, True, exc) from None

@@ -278,7 +278,8 @@ def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[
         inputs: names of the placeholders to attribute (all by default).
         capture: ``"auto"`` (symbolic tracing; ``torch.export`` when it fails or leaves opaque
             pieces) or ``"export"`` (``torch.export`` only; needs ``example_inputs``).
-        dynamic_shapes: for the export capture, as ``torch.export.export`` takes them.
+        dynamic_shapes: for the export capture, as ``torch.export.export`` takes them, or
+            ``"auto"`` (every dimension dynamic where the model allows it; see :func:`libra_fx.trace`).
         **compile_kwargs: passed to ``torch.compile`` when ``compile=True``.
 
     Returns:

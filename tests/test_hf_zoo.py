@@ -117,7 +117,7 @@ def test_one_capture_serves_other_sequence_lengths():
     import libra_fx
     from benchmarks.hf_zoo import EmbeddingsToLastLogits, tiny_llama
     model = EmbeddingsToLastLogits(tiny_llama()).eval()
-    gm = libra_fx.transform(model, (torch.randn(2, 8, 32, dtype=torch.float64),))
+    gm = libra_fx.transform(model, (torch.randn(2, 8, 32, dtype=torch.float64),), dynamic_shapes="auto")
     longer = torch.randn(2, 12, 32, dtype=torch.float64)
     assert torch.equal(gm(longer), model(longer))
 
