@@ -5,7 +5,7 @@ module whose input is what gets attributed — ``inputs_embeds`` for text models
 padded ``attention_mask`` held as a buffer), ``pixel_values`` for vision models — and whose output
 is the ``(B, C)`` logits being explained. :func:`check` transforms it (in float64, so the check is
 about the maths and not round-off) and measures forward identity, completeness before and after,
-both the independent way (:func:`grad_completeness`, only ``.grad``) and libra_fx's way
+both the independent way (:func:`libra_fx.grad_completeness.grad_completeness`, per sample, only ``.grad``) and libra_fx's way
 (:func:`libra_fx.completeness_error`), rewrites, what the audit names, and the transform time.
 
 Shared with ``benchmarks/hf_zoo_table.py`` and ``tests/test_hf_zoo.py``.
@@ -16,116 +16,17 @@ import math
 import time
 import warnings
 from dataclasses import dataclass
-from typing import Callable, Optional, Sequence
+from typing import Optional
 
 import torch
 import torch.nn as nn
 
 import libra_fx
 from libra_fx.audit import default_target
+from libra_fx.grad_completeness import GradCompleteness, grad_completeness, randomise_bias_terms
 from benchmarks.zoo import Entry, Result, _snapshot
 
 BATCH, SEQ, HIDDEN = 2, 8, 32
-
-#: name fragments of tensors that enter a model additively: biases of every kind (``bias``,
-#: ``in_proj_bias``, SigLIP's ``logit_bias``), learned absolute position and token-type tables,
-#: class tokens concatenated to the sequence (ViT's ``cls_token``, CLIP's ``class_embedding``), and
-#: T5's relative-position bias (added to the attention scores). A table looked up by index
-#: (``Embedding``) contributes Σ row·grad(row), so the whole table can be counted.
-ADDITIVE_NAMES = ("bias", "position_embedding", "position_embeddings", "embed_positions", "wpe",
-                  "token_type_embeddings", "relative_attention_bias", "cls_token", "class_embedding")
-
-
-# ----------------------------------------------------------------------------------------------
-# the independent completeness check
-
-
-def is_additive(name: str, tensor: torch.Tensor) -> bool:
-    """Whether the parameter or buffer ``name`` enters the model additively (a FullGrad bias term).
-
-    Decided from the qualified name alone (see :data:`ADDITIVE_NAMES`), never from libra_fx's
-    ``bias.py``, so that it can check it.
-
-    Args:
-        name: a qualified parameter or buffer name (``m.model.layers.0.self_attn.q_proj.bias``).
-        tensor: its value; only floating tensors count.
-
-    Returns:
-        True for bias terms.
-
-    Example:
-        >>> is_additive("bert.embeddings.position_embeddings.weight", torch.zeros(2))
-        True
-        >>> is_additive("bert.encoder.layer.0.output.dense.weight", torch.zeros(2))
-        False
-    """
-    parts = name.split(".")
-    return tensor.is_floating_point() and any(
-        part == fragment or part.endswith("_" + fragment) for part in parts for fragment in ADDITIVE_NAMES)
-
-
-@dataclass
-class GradCompleteness:
-    """FullGrad's terms computed only from ``.grad``, per sample.
-
-    Attributes:
-        score: (B,) the explained output f.
-        input_term: (B,) Σ x·∂f/∂x over every attributed input.
-        bias_term: (B,) Σ b·∂f/∂b over every additive parameter and buffer.
-        names: the additive tensors found, by qualified name.
-    """
-
-    score: torch.Tensor
-    input_term: torch.Tensor
-    bias_term: torch.Tensor
-    names: list
-
-    @property
-    def error(self) -> torch.Tensor:
-        """(B,) relative error ``|f − Σ x·∇x − Σ b·∇b| / |f|``."""
-        return (self.score - self.input_term - self.bias_term).abs() / self.score.abs().clamp_min(1e-12)
-
-
-def grad_completeness(module: nn.Module, inputs: Sequence[torch.Tensor],
-                      target_fn: Callable[[object], torch.Tensor] = default_target,
-                      additive: Callable[[str, torch.Tensor], bool] = is_additive) -> GradCompleteness:
-    """FullGrad completeness measured the independent way: ``Σ x·x.grad + Σ b·b.grad`` against ``f``.
-
-    Every floating input and every parameter or buffer ``additive`` accepts is replaced by a fresh
-    leaf (through :func:`torch.func.functional_call`, so ``module`` is not touched), and each
-    sample's score is differentiated separately: a parameter's gradient sums over the batch.
-
-    Args:
-        module: any module (a plain model or the output of :func:`libra_fx.transform`).
-        inputs: positional inputs; floating tensors are attributed.
-        target_fn: ``output -> (B,)`` scores (the predicted logit by default).
-        additive: ``(name, tensor) -> bool``, which parameters/buffers are bias terms.
-
-    Returns:
-        :class:`GradCompleteness`.
-
-    Example:
-        >>> lin = nn.Linear(3, 2)
-        >>> bool(grad_completeness(lin, (torch.randn(2, 3),)).error.max() < 1e-6)
-        True
-    """
-    tensors = dict(module.named_parameters(remove_duplicate=False))
-    tensors.update(module.named_buffers(remove_duplicate=False))
-    names = sorted(n for n, t in tensors.items() if additive(n, t))
-    leaves = {n: tensors[n].detach().clone().requires_grad_(True) for n in names}
-    xs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
-    attributed = [x for x in xs if x.requires_grad]
-    with torch.enable_grad():
-        score = target_fn(torch.func.functional_call(module, leaves, tuple(xs), tie_weights=False, strict=False))
-        input_term, bias_term = torch.zeros_like(score), torch.zeros_like(score)
-        for b in range(score.shape[0]):
-            grads = torch.autograd.grad(score[b], [*attributed, *leaves.values()], retain_graph=True,
-                                        allow_unused=True)
-            input_term[b] = sum((x[b] * g[b]).sum() for x, g in zip(attributed, grads) if g is not None)
-            bias_term[b] = sum((t * g).sum() for t, g in zip(leaves.values(), grads[len(attributed):])
-                               if g is not None)
-    return GradCompleteness(score.detach(), input_term.detach(), bias_term.detach(), names)
-
 
 # ----------------------------------------------------------------------------------------------
 # wrappers: the attributed input in, the explained logits out
@@ -236,35 +137,12 @@ def _config(model_type: str, **kwargs):
     return AutoConfig.for_model(model_type, **kwargs)
 
 
-def randomise_biases(model: nn.Module) -> nn.Module:
-    """Give every additive tensor (:func:`is_additive`) random values, in place.
-
-    Hugging Face initialises biases to zero, and a zero bias contributes b·∂f/∂b = 0 whatever its
-    gradient, which would make the bias half of the completeness check vacuous.
-
-    Args:
-        model: a freshly built model (the zoo's own; never a user's).
-
-    Returns:
-        ``model``.
-
-    Example:
-        >>> randomise_biases(nn.Linear(2, 2)).bias.abs().sum() > 0
-        tensor(True)
-    """
-    generator = torch.Generator().manual_seed(3)
-    with torch.no_grad():
-        for name, tensor in list(model.named_parameters()) + list(model.named_buffers()):
-            if is_additive(name, tensor):
-                tensor.copy_(0.1 * torch.randn(tensor.shape, generator=generator))
-    return model
-
-
 def _from_config(auto_class: str, config, attn: Optional[str], **extra) -> nn.Module:
     import transformers
     torch.manual_seed(0)
     extra.update({} if attn is None else {"attn_implementation": attn})
-    return randomise_biases(getattr(transformers, auto_class).from_config(config, **extra)).eval()
+    # Hugging Face initialises biases to 0, and b·b.grad = 0 whatever b.grad is: the check would not see them
+    return randomise_bias_terms(getattr(transformers, auto_class).from_config(config, **extra), std=0.1, seed=3).eval()
 
 
 def _embeds(*shape) -> torch.Tensor:
@@ -515,10 +393,15 @@ class HFResult(Result):
     error: str = ""
 
 
-def _inputs(entry: HFEntry, dtype: torch.dtype) -> tuple[nn.Module, tuple]:
+def model_and_inputs(entry: HFEntry, dtype: torch.dtype) -> tuple[nn.Module, tuple]:
+    """The entry's model and its inputs as a tuple, both in ``dtype``."""
     model, x = entry.build()
     x = x if isinstance(x, tuple) else (x,)
     return model.to(dtype), tuple(t.to(dtype) for t in x)
+
+
+def _grad_check(module: nn.Module, x: tuple) -> GradCompleteness:
+    return grad_completeness(module, x, default_target, per_sample=True)
 
 
 def _same_terms(a: GradCompleteness, b: GradCompleteness) -> bool:
@@ -526,7 +409,7 @@ def _same_terms(a: GradCompleteness, b: GradCompleteness) -> bool:
 
 
 def _measure(result: HFResult, model: nn.Module, x: tuple, entry: HFEntry) -> None:
-    state, plain = _snapshot(model), grad_completeness(model, x)
+    state, plain = _snapshot(model), _grad_check(model, x)
     result.ce_before_grad = plain.error.max().item()
     start = time.perf_counter()
     with warnings.catch_warnings():
@@ -541,10 +424,10 @@ def _measure(result: HFResult, model: nn.Module, x: tuple, entry: HFEntry) -> No
         result.forward_equal = torch.equal(gm(*x), model(*x))
     result.ce_before = libra_fx.fullgrad_terms(report.traced, x, default_target).completeness_error.max().item()
     result.ce_after = libra_fx.completeness_error(gm, x, default_target).max().item()
-    result.ce_after_grad = grad_completeness(gm, x).error.max().item()
+    result.ce_after_grad = _grad_check(gm, x).error.max().item()
     after = _snapshot(model)
     result.untouched = (state.keys() == after.keys() and all(torch.equal(state[k], after[k]) for k in state)
-                        and _same_terms(plain, grad_completeness(model, x)))
+                        and _same_terms(plain, _grad_check(model, x)))
 
 
 def check(entry: HFEntry, dtype: Optional[torch.dtype] = None) -> HFResult:
@@ -563,61 +446,10 @@ def check(entry: HFEntry, dtype: Optional[torch.dtype] = None) -> HFResult:
         True
     """
     result = HFResult(entry.name, attn=entry.attn)
-    model, x = _inputs(entry, dtype or entry.dtype)
+    model, x = model_and_inputs(entry, dtype or entry.dtype)
     try:
         _measure(result, model, x, entry)
     except Exception as exc:  # the table shows the failure; the tests mark known ones xfail
         first = (str(exc).strip().splitlines() or [""])[0]
         result.error = f"{type(exc).__name__}: {first}"
     return result
-
-
-def strict_raises(entry: HFEntry) -> bool:
-    """Whether ``transform(..., strict=True)`` raises :class:`~libra_fx.errors.UnbalancedError`.
-
-    Args:
-        entry: a :data:`HF_ZOO` entry.
-
-    Returns:
-        True when it raises.
-
-    Example:
-        >>> strict_raises(BY_KEY[("bert", "sdpa")])
-        False
-    """
-    model, x = _inputs(entry, entry.dtype)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        try:
-            libra_fx.transform(model, x, strict=True, **entry.transform_kwargs)
-        except libra_fx.UnbalancedError:
-            return True
-    return False
-
-
-# ----------------------------------------------------------------------------------------------
-# beyond the zoo: token ids, KV caches, other sequence lengths (README.hfzoo.md)
-
-
-class EmbeddingsToLastLogits(nn.Module):
-    """A causal LM on ``inputs_embeds`` of any length, no mask: the last position's logits."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, embeds):
-        return self.model(inputs_embeds=embeds, use_cache=False).logits[:, -1]
-
-
-def tiny_llama() -> nn.Module:
-    """The zoo's random-weight Llama (``AutoModelForCausalLM``), float64, eval mode, unwrapped.
-
-    Returns:
-        The model (its own output type, cache and all).
-
-    Example:
-        >>> tiny_llama()(input_ids=torch.zeros(1, 4, dtype=torch.long), use_cache=False).logits.shape
-        torch.Size([1, 4, 64])
-    """
-    return _from_config("AutoModelForCausalLM", _config("llama", **_DECODER), "sdpa").double()

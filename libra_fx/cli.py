@@ -387,17 +387,6 @@ def _targets(args, loaded, logits) -> list[_Target]:
     return [_Target(top, f"top-1 {top}: {loaded.label(top)}")]
 
 
-def _attribute_fn():
-    """``libra_fx.attribute`` (its home module while the package does not re-export it)."""
-    import libra_fx
-
-    if hasattr(libra_fx, "attribute"):
-        return libra_fx.attribute
-    from libra_fx.attribution import attribute
-
-    return attribute
-
-
 def _maps(loaded, balanced, batch, targets, method, libra):
     """Attribution of all targets of one image in one batched call.
 
@@ -410,6 +399,8 @@ def _maps(loaded, balanced, batch, targets, method, libra):
     """
     import torch
 
+    import libra_fx
+
     if targets[0].index is None:
         target = loaded.target_fn
     else:
@@ -418,7 +409,7 @@ def _maps(loaded, balanced, batch, targets, method, libra):
     prefix = getattr(loaded.model, "num_prefix_tokens", None)
     options = {"num_prefix_tokens": prefix} if isinstance(prefix, int) else {}
     with _quiet():
-        result = _attribute_fn()(balanced, batch, target, method=method, libra=libra, **options)
+        result = libra_fx.attribute(balanced, batch, target, method=method, libra=libra, **options)
     if result.image_map is None:
         raise LibraError(f"method {method!r} gives no image map for {loaded.name}")
     ce = getattr(result, "completeness_error", None)

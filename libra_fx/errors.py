@@ -26,13 +26,17 @@ class TraceError(LibraError):
         super().__init__(f"cannot capture {model_name}: `{op}`{where}: {detail}{tail}")
 
 
+#: how many unbalanced ops an error message lists before "and N more"
+LISTED_FINDINGS = 5
+
+
 class UnbalancedError(LibraError):
     """``strict=True`` and some gradient-relevant op could not be balanced."""
 
     def __init__(self, model_name: str, findings: list):
         self.findings = findings
-        listed = "; ".join(f"{f.op} in {f.module_path or '<root>'} ({f.reason})" for f in findings[:5])
-        more = f" and {len(findings) - 5} more" if len(findings) > 5 else ""
+        listed = "; ".join(f"{f.op} in {f.module_path or '<root>'} ({f.reason})" for f in findings[:LISTED_FINDINGS])
+        more = f" and {len(findings) - LISTED_FINDINGS} more" if len(findings) > LISTED_FINDINGS else ""
         super().__init__(f"{model_name}: {len(findings)} op(s) left unbalanced: {listed}{more}")
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import re
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable, Iterator, Optional, Sequence
+from typing import Any, Callable, Iterator, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn
@@ -56,30 +56,33 @@ def is_additive(name: str) -> bool:
 
 @dataclass
 class GradCompleteness:
-    """What :func:`grad_completeness` measured (totals over the batch).
+    """What :func:`grad_completeness` measured: totals over the batch (floats), or per sample
+    ((B,) tensors) with ``per_sample=True``.
 
     Attributes:
-        score: Σ_b f_b, the explained output.
+        score: the explained output f (Σ_b f_b, or f_b).
         input_term: Σ x·x.grad over the attributed inputs.
         bias_term: Σ b·b.grad over the additive tensors (BatchNorm implied biases included).
-        scale: Σ_b |f_b|, what the error is relative to.
+        scale: what the error is relative to (Σ_b |f_b|, or |f_b|).
         additive: the names of the additive tensors found.
     """
 
-    score: float
-    input_term: float
-    bias_term: float
-    scale: float
+    score: Union[float, torch.Tensor]
+    input_term: Union[float, torch.Tensor]
+    bias_term: Union[float, torch.Tensor]
+    scale: Union[float, torch.Tensor]
     additive: list[str]
 
     @property
-    def residual(self) -> float:
+    def residual(self) -> Union[float, torch.Tensor]:
         """``f − Σ terms`` (absolute)."""
         return self.score - self.input_term - self.bias_term
 
     @property
-    def error(self) -> float:
-        """``|f − Σ terms| / Σ|f|``."""
+    def error(self) -> Union[float, torch.Tensor]:
+        """``|f − Σ terms| / scale``."""
+        if isinstance(self.scale, torch.Tensor):
+            return self.residual.abs() / self.scale.clamp_min(1e-12)
         return abs(self.residual) / max(self.scale, 1e-12)
 
 
@@ -110,10 +113,20 @@ def _implied_bias(bn: nn.modules.batchnorm._BatchNorm) -> torch.Tensor:
     return -bn.running_mean * (scale if bn.weight is None else bn.weight * scale)
 
 
+def _terms(inputs: Sequence[torch.Tensor], biases: Sequence[torch.Tensor],
+           batch_norms: Sequence[nn.modules.batchnorm._BatchNorm]) -> tuple[float, float]:
+    """``(Σ x·x.grad, Σ b·b.grad)`` after a backward."""
+    input_term = sum(float((x * x.grad).sum()) for x in inputs if x.grad is not None)
+    bias_term = sum(float((b * b.grad).sum()) for b in biases if b.grad is not None)
+    # β is additive by name, so β.grad is there; the implied bias enters at the same place
+    bias_term += sum(float((_implied_bias(bn) * bn.bias.grad).sum()) for bn in batch_norms if bn.bias.grad is not None)
+    return input_term, bias_term
+
+
 def grad_completeness(module: nn.Module, inputs: Sequence[torch.Tensor], target: Callable[[Any], torch.Tensor],
-                      model: Optional[nn.Module] = None,
-                      additive: Callable[[str], bool] = is_additive) -> GradCompleteness:
-    """FullGrad completeness of ``module`` computed only from ``.grad`` after one ``backward()``.
+                      model: Optional[nn.Module] = None, additive: Callable[[str], bool] = is_additive,
+                      per_sample: bool = False) -> GradCompleteness:
+    """FullGrad completeness of ``module`` computed only from ``.grad`` after ``backward()``.
 
     Args:
         module: the module whose gradients are judged (``libra_fx.transform``'s output, or a plain one).
@@ -122,9 +135,12 @@ def grad_completeness(module: nn.Module, inputs: Sequence[torch.Tensor], target:
         model: the module whose ``BatchNorm`` layers give implied biases (``module`` by default; a
             transformed module keeps the parameters but not the layer classes, so pass the original).
         additive: which tensor names are bias terms (:func:`is_additive` by default).
+        per_sample: one backward per sample (B backwards) and (B,) results, instead of one backward
+            of Σ_b f_b. Needs outputs whose rows depend on their own input row only.
 
     Returns:
-        :class:`GradCompleteness`; ``.error`` is ``|Σ_b f_b − Σ terms| / Σ_b |f_b|``.
+        :class:`GradCompleteness`; ``.error`` is ``|Σ_b f_b − Σ terms| / Σ_b |f_b|`` (per sample:
+        ``|f_b − Σ terms_b| / |f_b|``). ``module``'s flags and ``.grad`` are restored.
 
     Example:
         >>> import libra_fx
@@ -138,19 +154,27 @@ def grad_completeness(module: nn.Module, inputs: Sequence[torch.Tensor], target:
     bias_names = sorted(n for n in named if additive(n))
     biases = [named[n] for n in bias_names]
     others = [p for n, p in module.named_parameters() if n not in set(bias_names)]
+    batch_norms = _batch_norms(model or module)
     xs = [x.detach().clone().requires_grad_(x.is_floating_point()) for x in inputs]
     with _gradients_on(biases, others):
         with torch.enable_grad():
             score = target(module(*xs))
+        if not per_sample:
             score.sum().backward()
-        with torch.no_grad():
-            input_term = sum(float((x * x.grad).sum()) for x in xs if x.grad is not None)
-            bias_term = sum(float((b * b.grad).sum()) for b in biases if b.grad is not None)
-            # β is additive by name, so β.grad is there; the implied bias enters at the same place
-            bias_term += sum(float((_implied_bias(bn) * bn.bias.grad).sum())
-                             for bn in _batch_norms(model or module) if bn.bias.grad is not None)
+            with torch.no_grad():
+                terms = _terms(xs, biases, batch_norms)
+            total = score.detach()
+            return GradCompleteness(float(total.sum()), *terms, float(total.abs().sum()), bias_names)
+        rows = []
+        for b in range(score.shape[0]):
+            for t in (*xs, *biases):
+                t.grad = None
+            score[b].backward(retain_graph=b + 1 < score.shape[0])
+            with torch.no_grad():
+                rows.append(_terms(xs, biases, batch_norms))
     score = score.detach()
-    return GradCompleteness(float(score.sum()), input_term, bias_term, float(score.abs().sum()), bias_names)
+    input_term, bias_term = (torch.tensor(column, dtype=torch.float64) for column in zip(*rows))
+    return GradCompleteness(score.double(), input_term, bias_term, score.abs().double(), bias_names)
 
 
 def randomise_bias_terms(model: nn.Module, std: float = 0.05, seed: int = 1) -> nn.Module:

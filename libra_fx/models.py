@@ -43,6 +43,9 @@ DEFAULT_PROMPTS = ("a photo of a red ball", "a photo of a blue square", "a photo
 #: Names tried, in order, when a ``file.py`` spec gives no ``:factory``.
 DEFAULT_FACTORIES = ("create_model", "build_model", "model")
 
+#: how many missing/unexpected state-dict keys a checkpoint error names
+LISTED_KEY_PROBLEMS = 3
+
 
 @dataclass
 class LoadedModel:
@@ -198,8 +201,9 @@ def load_state_dict(model: nn.Module, path: str | Path) -> None:
     result = model.load_state_dict(state, strict=False)
     problems = [f"missing {k}" for k in result.missing_keys] + [f"unexpected {k}" for k in result.unexpected_keys]
     if problems:
-        more = f" (+{len(problems) - 3} more)" if len(problems) > 3 else ""
-        raise LibraError(f"checkpoint {path} does not fit the model: {', '.join(problems[:3])}{more}")
+        listed = LISTED_KEY_PROBLEMS
+        more = f" (+{len(problems) - listed} more)" if len(problems) > listed else ""
+        raise LibraError(f"checkpoint {path} does not fit the model: {', '.join(problems[:listed])}{more}")
 
 
 # --------------------------------------------------------------------------- loaders
@@ -292,7 +296,7 @@ def _load_open_clip(name, pretrained, input_size, prompts=None, checkpoint=None)
     model = ClipSimilarity(clip, open_clip.get_tokenizer(name), prompts)
     return LoadedModel(
         model, f"open_clip:{name}", size, transform, kind="open_clip",
-        mean=tuple(pre["mean"]), std=tuple(pre["std"]), labels=prompts, extras={"checkpoint_loaded": bool(checkpoint)},
+        mean=tuple(pre["mean"]), std=tuple(pre["std"]), labels=prompts,
     )
 
 

@@ -213,8 +213,7 @@ def test_cnn_feature_maps(image):
     assert result.blocks == ["stages.0.blocks.0", "stages.1.blocks.0", "stages.2.blocks.0", "stages.3.blocks.0"]
 
 
-@pytest.mark.skipif(not __import__("os").environ.get("LIBRA_SLOW_TESTS"),
-                    reason="torch.compile on CPU takes ~1 min; set LIBRA_SLOW_TESTS=1")
+@pytest.mark.slow  # torch.compile on CPU: about a minute
 def test_compiled_matches_eager(balanced_vit, image):
     eager = attribute(balanced_vit, image, 3, method="fullgrad+")
     compiled = attribute(balanced_vit, image, 3, method="fullgrad+", compiled=True)

@@ -249,20 +249,3 @@ def test_compiled_eva02_gradients():
         assert rel_err(input_grad(compiled, x, target), input_grad(gm, x, target)) <= RTOL
     assert unique_graphs() == 1
     torch._dynamo.reset()
-
-
-def test_dynamo_automatic_dynamic_without_marking():
-    """``mark_batch=False`` is dynamo's own rule: a static first compile, one recompile with a
-    symbolic batch at the first batch-size change, then none (backend ``aot_eager``: the rule is
-    dynamo's, independent of the backend)."""
-    gm = libra_fx.transform(tiny_vit(frozen=False), torch.randn(2, 3, 32, 32))
-    torch._dynamo.reset()
-    counters.clear()
-    compiled = libra_compile(gm, mark_batch=False, backend="aot_eager")
-    seen = []
-    for batch, target in [(2, 0), (3, 4), (5, 9), (6, 1)]:
-        x = torch.randn(batch, 3, 32, 32)
-        assert rel_err(input_grad(compiled, x, target), input_grad(gm, x, target)) <= RTOL
-        seen.append(unique_graphs())
-    assert seen == [1, 2, 2, 2]
-    torch._dynamo.reset()

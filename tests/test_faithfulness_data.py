@@ -139,6 +139,7 @@ def test_one_training_step_gives_finite_loss():
     assert not model.training
 
 
+@pytest.mark.slow
 def test_faithfulness_pipeline_smoke(tmp_path):
     """The whole benchmark on tiny data: one training step, four images, one model and seed."""
     from benchmarks.faithfulness.evaluate import main

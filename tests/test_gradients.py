@@ -293,6 +293,54 @@ def test_is_additive_names():
     assert not is_additive("blocks.0.attn.relative_position_bias_table")
 
 
+@pytest.mark.parametrize("name, additive", [  # Hugging Face names
+    ("model.layers.0.self_attn.q_proj.bias", True), ("head.attention.in_proj_bias", True),
+    ("model.logit_bias", True), ("bert.embeddings.position_embeddings.weight", True),
+    ("transformer.wpe.weight", True), ("vit.embeddings.cls_token", True),
+    ("clip.vision_model.embeddings.class_embedding", True), ("model.decoder.embed_positions.weight", True),
+    ("bert.embeddings.token_type_embeddings.weight", True),
+    ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", False),  # feeds the scores
+    ("model.layers.0.input_layernorm.weight", False), ("model.embed_tokens.weight", False),
+    ("lm_head.weight", False), ("model.layers.0.mlp.bias_scale", False),
+])
+def test_is_additive_hugging_face_names(name, additive):
+    assert is_additive(name) is additive
+
+
+def test_grad_completeness_counts_biases_and_sees_imbalance():
+    torch.manual_seed(0)
+    affine = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3)).double()
+    x, first = torch.randn(2, 4, dtype=torch.float64), lambda out: out[:, 0]
+    for per_sample in (False, True):
+        complete = grad_completeness(affine, (x,), first, per_sample=per_sample)
+        assert torch.as_tensor(complete.error).max() < 1e-12 and torch.as_tensor(complete.bias_term).abs().min() > 0
+        assert complete.additive == ["0.bias", "2.bias"]
+        gated = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 3)).double()
+        assert torch.as_tensor(grad_completeness(gated, (x,), first, per_sample=per_sample).error).max() > 1e-3
+        no_bias = grad_completeness(affine, (x,), first, additive=lambda name: False, per_sample=per_sample)
+        assert torch.as_tensor(no_bias.error).max() > 1e-3  # the biases matter: without them the sum is short
+
+
+def test_grad_completeness_per_sample_adds_up_to_the_total():
+    torch.manual_seed(0)
+    model = randomise_bias_terms(nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 3)).double())
+    x, first = torch.randn(3, 4, dtype=torch.float64), lambda out: out[:, 0]
+    total, rows = grad_completeness(model, (x,), first), grad_completeness(model, (x,), first, per_sample=True)
+    assert rows.score.shape == rows.bias_term.shape == (3,)
+    assert math.isclose(rows.residual.sum().item(), total.residual, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_grad_completeness_leaves_the_module_alone():
+    model = nn.Linear(3, 2).double()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    for per_sample in (False, True):
+        grad_completeness(model, (torch.randn(2, 3, dtype=torch.float64),), lambda out: out[:, 0],
+                          per_sample=per_sample)
+    assert all(p.grad is None for p in model.parameters())
+    assert all(p.requires_grad for p in model.parameters())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
 def test_grad_completeness_sees_a_wrong_parameter_gradient():
     """The check is not vacuous: plain gradients (q-projection bias reached through the softmax,
     LayerNorm's std) fail it, the balanced graph passes it."""

@@ -2,7 +2,7 @@
 
 For every entry of :data:`benchmarks.hf_zoo.HF_ZOO`: the forward is bit-identical, the model is
 untouched, and FullGrad is complete — measured the independent way, from ``.grad`` of the inputs
-and of every additive parameter found by name (:func:`benchmarks.hf_zoo.grad_completeness`), and
+and of every additive parameter found by name (:func:`libra_fx.grad_completeness.grad_completeness`), and
 agreeing with libra_fx's own ``completeness_error``. Where balance is impossible the audit names
 the ops and ``strict=True`` raises. An entry with a known engine defect would be
 ``xfail(strict=True)`` with the cause (``HFEntry.defect``); none has one now.
@@ -14,7 +14,9 @@ import pytest
 import torch
 import torch.nn as nn
 
-from benchmarks.hf_zoo import BY_KEY, HF_ZOO, HFEntry, check, grad_completeness, is_additive, strict_raises
+from benchmarks.hf_zoo import BY_KEY, HF_ZOO, HFEntry, check, model_and_inputs
+from libra_fx.grad_completeness import grad_completeness
+from tests.zoo_checks import strict_raises
 
 pytest.importorskip("transformers")
 
@@ -40,7 +42,8 @@ def _assert_balanced(entry: HFEntry, result) -> None:
     reported = {f.op for f in result.unbalanced}
     if entry.expect_unbalanced:
         assert set(entry.expect_unbalanced) <= reported, f"{entry.name}: audit did not name {entry.expect_unbalanced}"
-        assert strict_raises(entry), f"{entry.name}: strict=True did not raise"
+        assert strict_raises(*model_and_inputs(entry, entry.dtype), **entry.transform_kwargs), (
+            f"{entry.name}: strict=True did not raise")
         return
     assert not reported, f"{entry.name}: left unbalanced: {[str(f) for f in result.unbalanced]}"
     assert result.ce_before_grad > 1e-3, f"{entry.name}: plain gradient already complete: the check is vacuous"
@@ -75,58 +78,40 @@ def test_hf_zoo_size():
     assert {"sdpa", "eager"} <= {e.attn for e in HF_ZOO if e.name == "llama"}
 
 
-def test_grad_completeness_counts_biases_and_sees_imbalance():
-    torch.manual_seed(0)
-    affine = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 3))
-    x = torch.randn(2, 4, dtype=torch.float64)
-    complete = grad_completeness(affine.double(), (x,))
-    assert complete.error.max() < 1e-12 and complete.bias_term.abs().min() > 0
-    assert complete.names == ["0.bias", "2.bias"]
-    gated = nn.Sequential(nn.Linear(4, 8), nn.GELU(), nn.Linear(8, 3)).double()
-    assert grad_completeness(gated, (x,)).error.max() > 1e-3
-    no_bias = grad_completeness(affine, (x,), additive=lambda name, t: False)
-    assert no_bias.error.max() > 1e-3  # the biases matter: without them the sum is short
-
-
-def test_grad_completeness_leaves_the_module_alone():
-    model = nn.Linear(3, 2).double()
-    before = {k: v.clone() for k, v in model.state_dict().items()}
-    grad_completeness(model, (torch.randn(2, 3, dtype=torch.float64),))
-    assert all(p.grad is None for p in model.parameters())
-    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
-
-
-@pytest.mark.parametrize("name, additive", [
-    ("model.layers.0.self_attn.q_proj.bias", True), ("head.attention.in_proj_bias", True),
-    ("model.logit_bias", True), ("bert.embeddings.position_embeddings.weight", True),
-    ("transformer.wpe.weight", True), ("vit.embeddings.cls_token", True),
-    ("encoder.block.0.layer.0.SelfAttention.relative_attention_bias.weight", True),
-    ("model.layers.0.input_layernorm.weight", False), ("model.embed_tokens.weight", False),
-    ("lm_head.weight", False), ("model.layers.0.mlp.bias_scale", False),
-])
-def test_is_additive(name, additive):
-    assert is_additive(name, torch.zeros(1)) is additive
-
-
 # ---------------------------------------------------------------------------------------------
 # token ids, KV caches and sequence lengths
 
 
 @pytest.mark.filterwarnings("ignore::libra_fx.errors.LibraWarning")  # the audit's warning: expected here
+class _EmbeddingsToLastLogits(nn.Module):
+    """A causal LM on ``inputs_embeds`` of any length, no mask: the last position's logits."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, embeds):
+        return self.model(inputs_embeds=embeds, use_cache=False).logits[:, -1]
+
+
+def _tiny_llama() -> nn.Module:
+    from libra_fx.hf import tiny_model
+    return tiny_model("tiny-llama")[0].double()
+
+
 def test_one_capture_serves_other_sequence_lengths():
     import libra_fx
-    from benchmarks.hf_zoo import EmbeddingsToLastLogits, tiny_llama
-    model = EmbeddingsToLastLogits(tiny_llama()).eval()
-    gm = libra_fx.transform(model, (torch.randn(2, 8, 32, dtype=torch.float64),), dynamic_shapes="auto")
-    longer = torch.randn(2, 12, 32, dtype=torch.float64)
+    llama = _tiny_llama()
+    model, hidden = _EmbeddingsToLastLogits(llama).eval(), llama.config.hidden_size
+    gm = libra_fx.transform(model, (torch.randn(2, 8, hidden, dtype=torch.float64),), dynamic_shapes="auto")
+    longer = torch.randn(2, 12, hidden, dtype=torch.float64)
     assert torch.equal(gm(longer), model(longer))
 
 
 def test_token_ids_with_a_cache_output_get_a_clear_error():
     import libra_fx
-    from benchmarks.hf_zoo import tiny_llama
     with pytest.raises(libra_fx.TraceError, match="use_cache"):
-        libra_fx.transform(tiny_llama(), (torch.randint(0, 64, (2, 8)),))
+        libra_fx.transform(_tiny_llama(), (torch.randint(0, 64, (2, 8)),))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -169,7 +154,9 @@ class _ChainedGates(nn.Module):
 
 def test_repro_chained_gates_do_not_insert_const_none():
     import libra_fx
-    libra_fx.transform(_ChainedGates(), (torch.randn(2, 4),))  # raised ForwardMismatchError
+    model, x = _ChainedGates(), torch.randn(2, 4)
+    gm = libra_fx.transform(model, (x,))  # raised ForwardMismatchError
+    assert torch.equal(gm(x), model(x))
 
 
 class _AttentionPool(nn.Module):
@@ -193,7 +180,7 @@ def test_repro_seq_first_bias_site_is_counted_per_sample():
     torch.manual_seed(0)
     model, x = _AttentionPool().eval().double(), torch.randn(2, 5, 8, dtype=torch.float64)
     gm = libra_fx.transform(model, (x,))
-    independent = grad_completeness(gm, (x,), lambda out: out[:, 0]).error
+    independent = grad_completeness(gm, (x,), lambda out: out[:, 0], per_sample=True).error
     assert independent.max() < 1e-10  # the transform balanced it: only the accounting is in question
     assert libra_fx.completeness_error(gm, (x,), 0).max() < 1e-10
 

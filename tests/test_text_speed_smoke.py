@@ -62,6 +62,7 @@ def _lxt_python():
     return LXT_PYTHON
 
 
+@pytest.mark.slow
 def test_lxt_cp_lrp_conserves_on_the_same_llama(tmp_path):
     python = _lxt_python()
     weights = save_weights("llama", "tiny", tmp_path)
