@@ -329,30 +329,3 @@ def elementwise_of(facts: Facts, value: fx.Node, base: fx.Node, depth: int = 8) 
         return False
     live_inputs = [a for a in value.all_input_nodes if facts.is_live(a)]
     return bool(live_inputs) and all(elementwise_of(facts, a, base, depth - 1) for a in live_inputs)
-
-
-def module_path(node: fx.Node) -> str:
-    """The qualified name of the innermost module ``node`` was traced in (``blocks.3.attn``)."""
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack:
-        return ""
-    key, value = list(stack.items())[-1]
-    path = value[0] if isinstance(value, tuple) else key
-    return path if isinstance(path, str) else str(key)
-
-
-def source_line(node: fx.Node) -> Optional[str]:
-    """``file:line`` of the model code that created ``node``, when the tracer recorded it."""
-    trace = node.meta.get("stack_trace") or ""
-    lines = [line.strip() for line in trace.splitlines()
-             if line.strip().startswith("File ") and "/torch/" not in line
-             and "/libra_fx/tracing.py" not in line]  # the tracer's own frames are not model code
-    if not lines:
-        return None
-    last = lines[-1]
-    try:
-        filename = last.split('"')[1]
-        lineno = last.split("line ")[1].split(",")[0]
-    except IndexError:
-        return None
-    return f"{filename}:{lineno}"

@@ -30,7 +30,7 @@ from .blocks import Block, find_blocks
 from .completeness import FullGradTerms, Target, fullgrad_terms, instrument, target_score
 from .errors import LibraError
 from .maps import pixel_scores
-from .tracing import structured_output
+from .outputs import structured_output
 from .validation import check_method
 from .opset import arg, op_name
 from .transform import is_transformed, transform

@@ -21,8 +21,9 @@ from typing import Optional, Sequence
 
 import torch.fx as fx
 
-from .analysis import Facts, module_path
+from .analysis import Facts
 from .errors import LibraError
+from .module_paths import module_path, module_stack_paths
 
 #: container paths tried in order before the generic rule; the first one present in the graph wins.
 KNOWN_CONTAINERS: tuple[str, ...] = (
@@ -54,9 +55,8 @@ def _paths_in_order(gm: fx.GraphModule) -> list[str]:
     """Every module path some node was traced in (outer paths included), in first-seen graph order."""
     seen: dict[str, None] = {}
     for node in gm.graph.nodes:
-        for value in (node.meta.get("nn_module_stack") or {}).values():
-            path = value[0] if isinstance(value, tuple) else value
-            if isinstance(path, str) and path:
+        for path in module_stack_paths(node):
+            if path:
                 seen.setdefault(path, None)
     return list(seen)
 

@@ -27,13 +27,13 @@ compiled backward also pays for every weight gradient.
 """
 from __future__ import annotations
 
-import copy
 from typing import Any, Optional
 
 import torch
 import torch.fx as fx
 
 from .fast_ops import value_only_sdpa
+from .graph_copy import copy_graph_module
 from .ops import const
 from .opset import arg, op_name
 
@@ -53,15 +53,6 @@ def _value_only_attention(node: fx.Node, gm: fx.GraphModule) -> bool:
         return False
     dropout = arg(node, "dropout_p", 0.0)
     return _is_const(arg(node, "query")) and _is_const(arg(node, "key")) and dropout == 0.0
-
-
-def copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
-    """A GraphModule with a copy of ``gm``'s graph, sharing its parameters and ``libra_report``."""
-    copied = fx.GraphModule(gm, copy.deepcopy(gm.graph), type(gm).__name__)
-    copied.meta.update(gm.meta)
-    if hasattr(gm, "libra_report"):
-        copied.libra_report = gm.libra_report
-    return copied
 
 
 def lower(gm: fx.GraphModule) -> int:
@@ -140,7 +131,7 @@ def compile(gm: fx.GraphModule, *, dynamic: Optional[bool] = None, mark_batch: b
     """
     module = gm
     if fast_attention and isinstance(gm, fx.GraphModule):
-        module = copy_graph_module(gm)
+        module = copy_graph_module(gm, attributes=("libra_report",))
         lower(module)
     compiled = torch.compile(module, dynamic=dynamic, **torch_compile_kwargs)
     if mark_batch and dynamic is not False:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 from .analysis import Facts, analyse
 from .bias import BiasSite, bias_sites
 from .errors import TargetError
-from .tracing import flatten_value, structured_output
+from .outputs import flatten_value, structured_output
 from .validation import check_target
 
 Target = Union[int, torch.Tensor, Callable[[Any], torch.Tensor]]

@@ -26,6 +26,8 @@ from typing import Any, Iterable, Sequence
 import torch
 import torch.fx
 
+from .module_paths import owning_module
+
 ROOT = "<root>"
 
 #: call_method / call_function targets whose Libra meaning is clearer than their torch name.
@@ -44,29 +46,6 @@ MODULE_ALIASES = (("torch.nn.functional.", "F."), ("torch._C._nn.", "F."), ("tor
 
 
 # --------------------------------------------------------------------------- nodes
-
-
-def module_path(node: torch.fx.Node) -> str:
-    """The innermost module a node was traced in (``"blocks.3.attn"``), ``"<root>"`` at top level.
-
-    ``call_module`` nodes report their parent, since their own path is already their target.
-    """
-    stack = node.meta.get("nn_module_stack") or {}
-    if not stack and node.op == "get_attr" and "." in node.target:
-        # Passes insert parameter reads without a module stack; the owner is in the name.
-        return node.target.rsplit(".", 1)[0]
-    paths = [_clean_path(key, value) for key, value in stack.items()]
-    if node.op == "call_module" and paths and paths[-1] == node.target:
-        paths = paths[:-1]
-    return paths[-1] if paths and paths[-1] else ROOT
-
-
-def _clean_path(key: str, value: Any) -> str:
-    """fx keys are already dotted paths; torch.export keys look like ``L__self___blocks_0`` and
-    carry the dotted path as the first element of the value instead."""
-    if isinstance(value, tuple) and value and isinstance(value[0], str) and key.startswith("L__self__"):
-        return re.sub(r"^L\['self'\]\.?", "", value[0])
-    return key
 
 
 def target_name(node: torch.fx.Node) -> str:
@@ -162,7 +141,8 @@ def render_node(node: torch.fx.Node, annotate: bool = True) -> str:
         '<root>: input_1 = input()'
     """
     rhs = RENDERERS[node.op](node)
-    line = f"{module_path(node)}: {rhs}" if node.op == "output" else f"{module_path(node)}: {node.name} = {rhs}"
+    module = owning_module(node) or ROOT  # a call_module node is rendered under its parent
+    line = f"{module}: {rhs}" if node.op == "output" else f"{module}: {node.name} = {rhs}"
     tag = node.meta.get("libra_pass")
     return f"{line}  # {tag}" if annotate and tag else line
 

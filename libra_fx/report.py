@@ -6,7 +6,8 @@ from typing import Optional
 
 import torch.fx as fx
 
-from .analysis import Facts, module_path, source_line
+from .analysis import Facts
+from .module_paths import module_path, source_line
 
 
 @dataclass(frozen=True)

@@ -1,7 +1,6 @@
 """The pipeline, in one place: trace → analyse → rewrite → recompile → verify."""
 from __future__ import annotations
 
-import copy
 import time
 import warnings
 from contextlib import contextmanager
@@ -11,12 +10,15 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .analysis import analyse, module_path, source_line, unbalanced
+from .analysis import analyse, unbalanced
 from .errors import ForwardMismatchError, InputError, LibraWarning, UnbalancedError
+from .graph_copy import copy_graph_module, preserve_attribute
+from .module_paths import inherit_provenance, module_path, source_line
 from .ops import contiguous_grad
 from .opset import arg, op_name
 from .report import Finding, TransformReport, finding_record, rewrite_record
-from .tracing import _as_tuple, eval_clone, flatten_value, model_name, preserve_attribute, trace
+from .outputs import flatten_value
+from .tracing import _as_tuple, eval_clone, model_name, trace
 from .validation import check_capture, check_inputs, check_passes, shapes
 
 _TRAINING_ARGS = {"dropout": ("training", 2), "batch_norm": ("training", 5)}
@@ -54,7 +56,7 @@ def guard_batch_norm_gradients(gm: fx.GraphModule) -> int:
             continue
         with gm.graph.inserting_after(node):
             guard = gm.graph.call_function(contiguous_grad, (node,))
-        guard.meta.update({k: node.meta[k] for k in ("nn_module_stack", "stack_trace") if k in node.meta})
+        inherit_provenance(guard, node)
         node.replace_all_uses_with(guard, delete_user_cb=lambda user: user is not guard)
         guarded += 1
     return guarded
@@ -78,18 +80,6 @@ def as_eval_graph(gm: fx.GraphModule) -> int:
             node.args = node.args[:position] + (False,) + node.args[position + 1:]
             changed += 1
     return changed
-
-
-def _copy_graph_module(gm: fx.GraphModule) -> fx.GraphModule:
-    graph = fx.Graph()
-    graph.output(graph.graph_copy(gm.graph, {}))
-    graph._codegen = copy.deepcopy(gm.graph._codegen)  # keeps structured outputs (tracing.flatten_output)
-    duplicate = fx.GraphModule(gm, graph, type(gm).__name__)
-    duplicate.meta.update(gm.meta)
-    for name, value in gm.meta.get("_user_preserved_attributes", {}).items():
-        preserve_attribute(duplicate, name, value)
-    duplicate.recompile()
-    return duplicate
 
 
 def align_state_dict(gm: fx.GraphModule, model: nn.Module) -> None:
@@ -324,7 +314,7 @@ def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[
             as_eval_graph(gm)
         guard_batch_norm_gradients(gm)
         align_state_dict(gm, model)
-        traced = _copy_graph_module(gm)
+        traced = copy_graph_module(gm)
         with _timed(timings, "rewrite"):
             rewrites = run_passes(gm, selected, inputs)
         with _timed(timings, "analyse"):
