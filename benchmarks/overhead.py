@@ -38,7 +38,8 @@ import torch
 import torch.nn as nn
 
 import libra_fx
-from libra_fx.compile import copy_graph_module, lower
+from libra_fx.compile import lower
+from libra_fx.graph_copy import copy_graph_module
 
 VARIANTS = ("fwd", "plain_attr", "libra_attr", "lowered_attr", "plain_train")
 
