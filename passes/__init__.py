@@ -3,9 +3,9 @@
 ``REGISTRY`` maps a pass name to its :class:`~passes.api.Pass`; ``GROUPS`` maps the paper's
 ablation groups (``attention``, ``norm``, ``activation``, ``gate``) and ``generic`` to pass names.
 :func:`select` turns names, groups and :class:`~passes.api.Pass` objects into the list
-``libra_fx.transform(passes=...)`` runs. To run every built-in pass and one of your own::
+``libra_fx.transform(passes=...)`` runs. To run every built-in pass and one of your own (a list with a :class:`Pass` runs in the order given)::
 
-    libra_fx.transform(model, passes=[*passes.REGISTRY, MY_PASS])
+    libra_fx.transform(model, passes=[MY_PASS, *passes.REGISTRY])
 
 (writing a pass: :mod:`passes.api` and the README's "Writing your own pass").
 """
@@ -41,8 +41,9 @@ for _pass in REGISTRY.values():
 def select(names=None) -> list[Pass]:
     """Passes named by pass or group names, in registry order; all passes when ``names`` is None.
 
-    :class:`Pass` objects may be given too (your own rules): they run after the registered ones, in
-    the order given. ``select([*REGISTRY, my_pass])`` is every built-in pass and then ``my_pass``.
+    :class:`Pass` objects may be given too (your own rules). A list that holds one runs in the order
+    given (a group name expands in registry order), so a custom pass can run before the built-ins
+    it must precede: ``select([my_pass, *REGISTRY])``; names alone always run in registry order.
 
     Args:
         names: ``None``, a pass or group name, or a sequence of names and :class:`Pass` objects.
@@ -61,18 +62,21 @@ def select(names=None) -> list[Pass]:
         return list(REGISTRY.values())
     if isinstance(names, str):
         names = [names]
-    custom = [n for n in names if isinstance(n, Pass)]
-    names = [n for n in names if not isinstance(n, Pass)]
-    wanted: set[str] = set()
+    chosen: list[Pass] = []
     for name in names:
-        if name in GROUPS:
-            wanted.update(GROUPS[name])
+        if isinstance(name, Pass):
+            chosen.append(name)
+        elif name in GROUPS:
+            chosen.extend(REGISTRY[n] for n in GROUPS[name])
         elif name in REGISTRY:
-            wanted.add(name)
+            chosen.append(REGISTRY[name])
         else:
             known = ", ".join(sorted(set(REGISTRY) | set(GROUPS)))
             raise ValueError(f"unknown pass {name!r}; known passes and groups: {known}")
-    return [p for name, p in REGISTRY.items() if name in wanted] + custom
+    chosen = list(dict.fromkeys(chosen))  # once each, first place kept
+    if not any(p not in REGISTRY.values() for p in chosen):
+        chosen.sort(key=list(REGISTRY.values()).index)
+    return chosen
 
 
 __all__ = ["REGISTRY", "GROUPS", "Pass", "select"]
