@@ -22,7 +22,7 @@ from typing import Iterable, Optional
 import networkx as nx
 import torch.fx as fx
 
-from .opset import ELEMENTWISE, FACTOR_POSITIONS, Kind, arg, op_kind, op_name
+from .opset import Kind, arg, factors, gradient_source, has_gradient_arg, op_kind, op_name, schema
 
 
 @dataclass(frozen=True)
@@ -65,25 +65,22 @@ class Facts:
     def kind(self, node: fx.Node) -> Optional[Kind]:
         return op_kind(self.names[node])
 
+    def knows(self, node: fx.Node) -> bool:
+        """Whether these facts are current around ``node``: it, its inputs and its users were all
+        in the graph when it was analysed (a rewrite since then adds nodes the facts do not know)."""
+        return node in self.names and all(n in self.names for n in (*node.all_input_nodes, *node.users))
+
     def grad_users(self, node: fx.Node) -> list[fx.Node]:
         """Users that receive gradient from ``node`` and pass it on to the output."""
         return [u for u in self.flow.successors(node) if u in self.sink]
-
-
-#: Libra ops whose gradient flows through one argument only (the others give the value).
-GRADIENT_ARG = {"swap_backward": 1, "balanced_activation": 0, "linearized": 1}
 
 
 def _blocks_gradient(node: fx.Node, name: str, source: fx.Node) -> bool:
     kind = op_kind(name)
     if kind in (Kind.NO_GRAD, Kind.CONST):
         return True
-    if name in GRADIENT_ARG:
-        position = GRADIENT_ARG[name]
-        return len(node.args) <= position or source is not node.args[position]
-    if name == "getitem":
-        return source is not node.args[0]
-    return False
+    # swap_backward's value side, getitem's index: the schema's gradient argument is the only edge
+    return has_gradient_arg(name) and source is not gradient_source(node)
 
 
 def _flow_graph(gm: fx.GraphModule, names: dict[fx.Node, str]) -> nx.DiGraph:
@@ -159,17 +156,9 @@ def is_product(facts: Facts, node: fx.Node) -> bool:
 
 def _factor_args(node: fx.Node, facts: Facts) -> list[fx.Node]:
     """The live multiplied factors of a product node, repeats kept (``x*x`` has two)."""
-    name = facts.name(node)
     if node.op == "call_module":
         return []
-    if name == "einsum":
-        operands = node.args[1:] if len(node.args) > 2 else node.args[1]
-        return [a for a in operands if facts.is_live(a)]
-    if name in ("linear", "conv"):
-        return [a for a in (arg(node, "input"), arg(node, "weight")) if facts.is_live(a)]
-    positions = FACTOR_POSITIONS.get(name, (0, 1))
-    args = list(node.args) + [None] * (max(positions) + 1 - len(node.args))
-    return [args[i] for i in positions if facts.is_live(args[i])]
+    return [a for a in factors(node) if facts.is_live(a)]
 
 
 def _absorbed(facts: Facts, node: fx.Node) -> Optional[fx.Node]:
@@ -201,9 +190,9 @@ def power_exponent(facts: Facts, node: fx.Node) -> Optional[float]:
     name = facts.name(node)
     if name == "square":
         return 2.0
-    if name != "pow" or len(node.args) < 2:
+    if name != "pow":
         return None
-    k = node.args[1]
+    k = arg(node, "exponent")
     return float(k) if isinstance(k, (int, float)) and not isinstance(k, bool) and k > 0 else None
 
 
@@ -218,7 +207,7 @@ def _scaled(facts: Facts, root: fx.Node) -> bool:
     users = facts.grad_users(root)
     if len(users) != 1 or facts.name(users[0]) != "scale_grad":
         return False
-    scale = users[0].args[1] if len(users[0].args) > 1 else users[0].kwargs.get("scale")
+    scale = arg(users[0], "scale")
     return isinstance(scale, (int, float)) and abs(scale * _degree(facts, root) - 1.0) < 1e-9
 
 
@@ -246,7 +235,7 @@ def _judge_power(facts: Facts, node: fx.Node) -> Verdict:
 
 
 def _judge_divide(facts: Facts, node: fx.Node) -> Verdict:
-    divisor = node.args[1] if len(node.args) > 1 else node.kwargs.get("other")
+    divisor = arg(node, "other")
     if facts.is_live(divisor):
         return Verdict(False, "division by an input-dependent value")
     return _BALANCED
@@ -321,11 +310,16 @@ def unbalanced(facts: Facts) -> list[fx.Node]:
 # helpers for passes
 
 
-def elementwise_of(facts: Facts, value: fx.Node, base: fx.Node, depth: int = 8) -> bool:
+#: how many elementwise ops deep :func:`elementwise_of` looks for the base of a gate
+GATE_DEPTH = 8
+
+
+def elementwise_of(facts: Facts, value: fx.Node, base: fx.Node, depth: int = GATE_DEPTH) -> bool:
     """Whether ``value`` is an elementwise function of ``base`` alone (with constants): gate(x)."""
     if value is base:
         return True
-    if depth == 0 or facts.name(value) not in ELEMENTWISE or not facts.is_live(value):
+    op = schema(facts.name(value))
+    if depth == 0 or op is None or not op.elementwise or not facts.is_live(value):
         return False
     live_inputs = [a for a in value.all_input_nodes if facts.is_live(a)]
     return bool(live_inputs) and all(elementwise_of(facts, a, base, depth - 1) for a in live_inputs)

@@ -1,6 +1,7 @@
 """Bias terms (spec §1): every constant that enters the output additively.
 
-One rule per op (a registry, Zennit-style): given a relevant node, the rule names the constant
+One rule per kind of bias (a registry, Zennit-style), found through the op's schema
+(``libra_fx.opset.schema(op).bias_rule``, see :func:`bias_rule`): given a relevant node, the rule names the constant
 tensors it adds and how to lay them out against the node's output ``y``, so that the bias
 contribution of that node is ``Σ ∂f/∂y ⊙ bias``. Linear/conv/norm biases, position embeddings and
 class/register tokens (``add``/``cat`` with a constant), and an eval BatchNorm's implied bias
@@ -15,7 +16,7 @@ import torch
 import torch.fx as fx
 
 from .analysis import Facts
-from .opset import arg
+from .opset import arg, schema
 
 
 @dataclass(frozen=True)
@@ -77,7 +78,7 @@ def _named_bias(name: str, combine) -> Callable[[Facts, fx.Node], Optional[BiasS
 
 
 def _add_rule(facts: Facts, node: fx.Node) -> Optional[BiasSite]:
-    a, b = (node.args + (None, None))[:2]
+    a, b = arg(node, "input"), arg(node, "other")
     for live, other in ((a, b), (b, a)):
         if facts.is_live(live) and _constant(facts, other):
             return BiasSite(node, (other,), _as_is)
@@ -85,7 +86,7 @@ def _add_rule(facts: Facts, node: fx.Node) -> Optional[BiasSite]:
 
 
 def _sub_rule(facts: Facts, node: fx.Node) -> Optional[BiasSite]:
-    a, b = node.args[:2]
+    a, b = arg(node, "input"), arg(node, "other")
     if facts.is_live(a) and _constant(facts, b):
         return BiasSite(node, (b,), _negated)
     if facts.is_live(b) and _constant(facts, a):
@@ -112,34 +113,38 @@ def _batch_norm_rule(facts: Facts, node: fx.Node) -> Optional[BiasSite]:
 
 
 def _clamp_rule(facts: Facts, node: fx.Node) -> Optional[BiasSite]:
-    return BiasSite(node, (node.args[0],), _clamped_part)
+    return BiasSite(node, (arg(node, "input"),), _clamped_part)
 
 
 def _mha_rule(facts: Facts, node: fx.Node) -> Optional[BiasSite]:
-    args = node.args
-    in_proj_bias, out_w, out_b = args[4], args[10], args[11]
-    return BiasSite(node, (in_proj_bias, out_w, out_b), _mha_bias)
+    values = tuple(arg(node, name) for name in ("in_proj_bias", "out_proj_weight", "out_proj_bias"))
+    return BiasSite(node, values, _mha_bias)
 
 
-#: canonical op name -> rule
+#: rule name (``OpSchema.bias_rule``) -> rule
 BIAS_RULES: dict[str, Callable[[Facts, fx.Node], Optional[BiasSite]]] = {
-    "linear": _named_bias("bias", _as_is),
-    "conv": _named_bias("bias", _per_channel),
-    "layer_norm": _named_bias("bias", _as_is),
-    "balanced_layer_norm": _named_bias("bias", _as_is),
-    "group_norm": _named_bias("bias", _per_channel),
-    "balanced_group_norm": _named_bias("bias", _per_channel),
+    "bias": _named_bias("bias", _as_is),                  # linear, layer_norm
+    "channel_bias": _named_bias("bias", _per_channel),    # conv, group_norm
     "batch_norm": _batch_norm_rule,
     "add": _add_rule,
     "sub": _sub_rule,
     "cat": _cat_rule,
-    "clamp": _clamp_rule, "hardtanh": _clamp_rule, "relu6": _clamp_rule,
-    "balanced_multihead_attention": _mha_rule,
+    "clamp": _clamp_rule,                                 # clamp, hardtanh, relu6
+    "multihead_attention": _mha_rule,                     # balanced_multihead_attention
     # fused "constant + product" ops: the first operand is added as is (beta = 1 by default)
-    "addcmul": _named_bias("input", _as_is),
-    "linear_addmm": _named_bias("input", _as_is),
-    "baddbmm": _named_bias("input", _as_is),
+    "added_input": _named_bias("input", _as_is),          # addcmul, linear_addmm, baddbmm
 }
+
+
+def bias_rule(op: str) -> Optional[Callable[[Facts, fx.Node], Optional[BiasSite]]]:
+    """The bias rule of canonical op ``op`` (its schema's ``bias_rule``), or ``None``.
+
+    Example:
+        >>> bias_rule("linear") is BIAS_RULES["bias"]
+        True
+    """
+    op_schema = schema(op)
+    return BIAS_RULES.get(op_schema.bias_rule) if op_schema is not None and op_schema.bias_rule else None
 
 
 def bias_sites(facts: Facts) -> list[BiasSite]:
@@ -159,7 +164,7 @@ def bias_sites(facts: Facts) -> list[BiasSite]:
     """
     sites = []
     for node in facts.relevant:
-        rule = BIAS_RULES.get(facts.name(node))
+        rule = bias_rule(facts.name(node))
         site = rule(facts, node) if rule and node.op == "call_function" else None
         if site is not None:
             sites.append(site)

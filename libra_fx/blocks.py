@@ -38,6 +38,9 @@ KNOWN_CONTAINERS: tuple[str, ...] = (
 
 _NUMBERED = re.compile(r"^(.*)\.(\d+)$")
 
+#: how many known block names an error about an unknown block lists
+LISTED_BLOCKS = 6
+
 
 @dataclass(frozen=True)
 class Block:
@@ -144,7 +147,7 @@ def find_blocks(facts: Facts, names: Optional[Sequence[str]] = None) -> list[Blo
         node = block_input(facts, name)
         if node is None and explicit:
             raise LibraError(f"block {name!r}: no gradient-carrying node was traced inside it "
-                             f"(known blocks: {discover_block_names(facts.gm)[:6]} …)")
+                             f"(known blocks: {discover_block_names(facts.gm)[:LISTED_BLOCKS]} …)")
         if node is not None:
             blocks.append(Block(name, node))
     return blocks

@@ -17,7 +17,7 @@ different image size (and timm models assert on it anyway); a new dtype, device 
 switching between ``torch.no_grad()`` and grad mode, or between ``requires_grad`` True/False on an
 input or the parameters; ``train()``/``eval()``; replacing a parameter tensor (in-place updates do
 not recompile). The target is applied outside the compiled module (``out[:, target]``), so it never
-enters the graph. Set ``mark_batch_dynamic=False`` for dynamo's own rule (``dynamic=None``): the
+enters the graph. Set ``mark_batch=False`` for dynamo's own rule (``dynamic=None``): the
 first compile is static and the first batch-size change recompiles once with a symbolic batch.
 
 Attribution speed: under ``torch.compile`` the backward graph computes a gradient for every input
@@ -35,13 +35,9 @@ import torch.fx as fx
 from .fast_ops import value_only_sdpa
 from .graph_copy import copy_graph_module
 from .ops import const
-from .opset import arg, op_name
+from .opset import arg, bound_args, op_name
 
 __all__ = ["compile", "lower", "mark_batch_dynamic"]
-
-_SDPA_ARGS = ("query", "key", "value", "attn_mask", "dropout_p", "is_causal", "scale", "enable_gqa")
-_SDPA_DEFAULTS = {"attn_mask": None, "dropout_p": 0.0, "is_causal": False, "scale": None, "enable_gqa": False}
-
 
 def _is_const(value: Any) -> bool:
     return isinstance(value, fx.Node) and value.op == "call_function" and value.target is const
@@ -75,7 +71,7 @@ def lower(gm: fx.GraphModule) -> int:
     for node in list(gm.graph.nodes):
         if not _value_only_attention(node, gm):
             continue
-        kwargs = {name: arg(node, name, _SDPA_DEFAULTS.get(name)) for name in _SDPA_ARGS}
+        kwargs = bound_args(node)  # every sdpa parameter by name, defaults filled in
         with gm.graph.inserting_after(node):
             new = gm.graph.call_function(value_only_sdpa, (), kwargs)
         new.meta.update(node.meta)

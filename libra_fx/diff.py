@@ -30,6 +30,9 @@ from .module_paths import owning_module
 
 ROOT = "<root>"
 
+#: longest argument text shown in a diff line (longer ones end in "...")
+MAX_ARG_CHARS = 60
+
 #: call_method / call_function targets whose Libra meaning is clearer than their torch name.
 LIBRA_NAMES = {"detach": "const", "swap_backward": "swap_backward", "const": "const"}
 
@@ -86,7 +89,7 @@ def format_arg(arg: Any) -> str:
         return f"{arg:.6g}"
     text = repr(arg)
     # fx embeds Proxy reprs in assert messages; keep lines short and free of addresses.
-    return text if len(text) <= 60 else text[:57] + "..."
+    return text if len(text) <= MAX_ARG_CHARS else text[:MAX_ARG_CHARS - 3] + "..."
 
 
 def _call(name: str, args: Sequence, kwargs: dict) -> str:

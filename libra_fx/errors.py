@@ -26,7 +26,7 @@ class TraceError(LibraError):
         super().__init__(f"cannot capture {model_name}: `{op}`{where}: {detail}{tail}")
 
 
-#: how many unbalanced ops an error message lists before "and N more"
+#: how many unbalanced ops an error or warning message lists before "and N more"
 LISTED_FINDINGS = 5
 
 

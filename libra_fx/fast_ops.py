@@ -31,11 +31,7 @@ from typing import Optional, Sequence
 import torch
 import torch.nn.functional as F
 
-__all__ = ["FAST_GATES", "gated_activation", "layer_norm_const_std", "rms_norm_const_scale", "value_only_sdpa"]
-
-#: single-kernel gates where the spelled-out formula takes several (``ndtr(x) = ½(1+erf(x/√2))``).
-FAST_GATES = {"gelu": torch.special.ndtr, "silu": torch.sigmoid}
-
+__all__ = ["gated_activation", "layer_norm_const_std", "rms_norm_const_scale", "value_only_sdpa"]
 
 def _opmath(x: torch.Tensor) -> torch.dtype:
     """Accumulation dtype for the reductions in a backward (float32 for half types)."""

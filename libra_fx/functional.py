@@ -10,6 +10,7 @@ where ``layer_norm`` stood.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Optional
 
 import torch
@@ -17,9 +18,10 @@ import torch.nn.functional as F
 
 from . import fast_ops
 from .ops import const, swap_backward
+from .opset import Kind, register_function
 
 __all__ = [
-    "GATES", "balanced_activation", "balanced_layer_norm", "balanced_rms_norm",
+    "Gate", "GATES", "balanced_activation", "balanced_layer_norm", "balanced_rms_norm",
     "balanced_group_norm", "balanced_normalize", "linearized", "balanced_multihead_attention",
     "BALANCED_OPS",
 ]
@@ -30,26 +32,39 @@ def _gelu_tanh_gate(x: torch.Tensor) -> torch.Tensor:
     return 0.5 * (1.0 + torch.tanh(inner))
 
 
-#: gate(x) with act(x) = x * gate(x), for every gated activation the passes know (spec §3).
-GATES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": lambda x: 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0)))),
-    "gelu_tanh": _gelu_tanh_gate,
-    "silu": torch.sigmoid,
-    "quick_gelu": lambda x: torch.sigmoid(1.702 * x),
-    "hardswish": lambda x: F.relu6(x + 3.0) / 6.0,
-    "mish": lambda x: torch.tanh(F.softplus(x)),
+@dataclass(frozen=True)
+class Gate:
+    """A gated activation ``act(x) = x·gate(x)`` (spec §3).
+
+    Attributes:
+        activation: ``x -> act(x)``, the op itself (the value when the graph did not compute it).
+        formula: ``x -> gate(x)``, spelled out.
+        kernel: a single-kernel ``gate`` with the same values where the formula takes several
+            (``ndtr(x) = ½(1+erf(x/√2))``), or ``None``; the backward uses it when present.
+    """
+
+    activation: Callable[[torch.Tensor], torch.Tensor]
+    formula: Callable[[torch.Tensor], torch.Tensor]
+    kernel: Optional[Callable[[torch.Tensor], torch.Tensor]] = None
+
+    @property
+    def gate(self) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The gate the backward computes: ``kernel`` if there is one, else ``formula``."""
+        return self.kernel if self.kernel is not None else self.formula
+
+
+#: every gated activation the passes know, by the ``kind`` :func:`balanced_activation` takes.
+GATES: dict[str, Gate] = {
+    "gelu": Gate(F.gelu, lambda x: 0.5 * (1.0 + torch.erf(x * (1.0 / math.sqrt(2.0)))), torch.special.ndtr),
+    "gelu_tanh": Gate(lambda x: F.gelu(x, approximate="tanh"), _gelu_tanh_gate),
+    "silu": Gate(F.silu, torch.sigmoid),
+    "quick_gelu": Gate(lambda x: x * torch.sigmoid(1.702 * x), lambda x: torch.sigmoid(1.702 * x)),
+    "hardswish": Gate(F.hardswish, lambda x: F.relu6(x + 3.0) / 6.0),
+    "mish": Gate(F.mish, lambda x: torch.tanh(F.softplus(x))),
 }
 
-ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
-    "gelu": F.gelu,
-    "gelu_tanh": lambda x: F.gelu(x, approximate="tanh"),
-    "silu": F.silu,
-    "quick_gelu": lambda x: x * torch.sigmoid(1.702 * x),
-    "hardswish": F.hardswish,
-    "mish": F.mish,
-}
 
-
+@register_function(Kind.BALANCED, gradient_arg="x")
 def balanced_activation(x: torch.Tensor, kind: str, value: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``x * [gate(x)]cst`` in gradient, ``act(x)`` in value.
 
@@ -68,9 +83,10 @@ def balanced_activation(x: torch.Tensor, kind: str, value: Optional[torch.Tensor
         >>> y = balanced_activation(x, "gelu"); torch.equal(y, F.gelu(x))
         True
     """
-    out = ACTIVATIONS[kind](x) if value is None else value
+    gate = GATES[kind]
+    out = gate.activation(x) if value is None else value
     # same gradient as swap_backward(out, x * const(gate(x))), without computing x·gate(x) forward
-    return fast_ops.gated_activation(x, out, fast_ops.FAST_GATES.get(kind, GATES[kind]))
+    return fast_ops.gated_activation(x, out, gate.gate)
 
 
 def _affine(y: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torch.Tensor]) -> torch.Tensor:
@@ -81,6 +97,7 @@ def _affine(y: torch.Tensor, weight: Optional[torch.Tensor], bias: Optional[torc
     return y
 
 
+@register_function(Kind.BALANCED, twin_of=("layer_norm",), bias_rule="bias")
 def balanced_layer_norm(x, normalized_shape, weight=None, bias=None, eps: float = 1e-5):
     """LayerNorm with a constant standard deviation: ``(x−μ)/[√(σ²+ε)]cst·γ+β``.
 
@@ -99,6 +116,7 @@ def balanced_layer_norm(x, normalized_shape, weight=None, bias=None, eps: float 
     return fast_ops.layer_norm_const_std(x, normalized_shape, weight, bias, eps)
 
 
+@register_function(Kind.BALANCED, twin_of=("rms_norm",))
 def balanced_rms_norm(x, normalized_shape, weight=None, eps: Optional[float] = None):
     """RMSNorm with a constant scale: ``x·[rsqrt(mean x²+ε)]cst·γ``.
 
@@ -121,6 +139,7 @@ def _channel_view(param: Optional[torch.Tensor], x: torch.Tensor) -> Optional[to
     return None if param is None else param.view(1, -1, *([1] * (x.dim() - 2)))
 
 
+@register_function(Kind.BALANCED, twin_of=("group_norm",), bias_rule="channel_bias")
 def balanced_group_norm(x, num_groups: int, weight=None, bias=None, eps: float = 1e-5):
     """GroupNorm with a constant per-group std (the LayerNorm rule per group).
 
@@ -143,6 +162,7 @@ def balanced_group_norm(x, num_groups: int, weight=None, bias=None, eps: float =
     return swap_backward(value, _affine(normalised, _channel_view(weight, x), _channel_view(bias, x)))
 
 
+@register_function(Kind.BALANCED, twin_of=("normalize",))
 def balanced_normalize(x, p: float = 2.0, dim: int = 1, eps: float = 1e-12):
     """L2 (or Lp) normalisation with a constant norm: ``x·[1/‖x‖]cst``.
 
@@ -161,6 +181,7 @@ def balanced_normalize(x, p: float = 2.0, dim: int = 1, eps: float = 1e-12):
     return swap_backward(F.normalize(x, p, dim, eps), x / norm)
 
 
+@register_function(Kind.BALANCED, gradient_arg="x")
 def linearized(value: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """``x·[f(x)/x]cst`` for an elementwise ``f`` with ``f(0)=0``: balanced, value unchanged.
 
@@ -194,6 +215,7 @@ def _value_only_projections(in_proj_weight, in_proj_bias, q_proj_weight, k_proj_
     return const(q_proj_weight), const(k_proj_weight), v_proj_weight, in_proj_bias
 
 
+@register_function(Kind.BALANCED, twin_of=("multihead_attention",), bias_rule="multihead_attention")
 def balanced_multihead_attention(query, key, value, in_proj_weight, in_proj_bias, q_proj_weight,
                                  k_proj_weight, v_proj_weight, bias_k, bias_v, out_proj_weight,
                                  out_proj_bias, num_heads: int, add_zero_attn: bool,

@@ -12,16 +12,13 @@ from typing import Any, Optional
 import torch
 import torch.fx as fx
 
-from .opset import op_name
+from .opset import op_name, view_ops
 
 __all__ = ["VIEW_OPS", "functionalize_inplace"]
 
 #: ops whose result may share storage with their first argument: a mutation through one is seen
 #: through the other, which an out-of-place rewrite cannot reproduce.
-VIEW_OPS = frozenset((
-    "getitem", "reshape", "flatten", "unflatten", "transpose", "permute", "expand", "squeeze",
-    "unsqueeze", "narrow", "select", "unbind", "split", "chunk", "movedim", "unfold", "const",
-    "identity", "cast", "view_as_real", "view_as_complex", "diagonal", "as_strided"))
+VIEW_OPS = view_ops()  # declared per op in opset (OpSchema.view)
 
 #: in-place methods that have no out-of-place twin with the same meaning.
 _NOT_FUNCTIONALIZABLE = frozenset(("requires_grad_", "share_memory_", "set_", "resize_", "resize_as_",

@@ -139,3 +139,12 @@ def contiguous_grad(x: torch.Tensor) -> torch.Tensor:
 
 
 LIBRA_OPS = (const, swap_backward, scale_grad, block_gradient, contiguous_grad)
+
+# Their op schemas (libra_fx.opset): at the end, because opset imports this module back.
+from .opset import Kind, register_function  # noqa: E402
+
+register_function(Kind.CONST, view=True)(const)
+register_function(Kind.CONST, name="const")(block_gradient)
+register_function(Kind.SWAP, gradient_arg="backward")(swap_backward)
+register_function(Kind.SCALE)(scale_grad)
+register_function(Kind.STRUCTURAL, name="identity")(contiguous_grad)

@@ -11,18 +11,15 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .analysis import analyse, unbalanced
-from .errors import ForwardMismatchError, InputError, LibraWarning, UnbalancedError
+from .errors import LISTED_FINDINGS, ForwardMismatchError, InputError, LibraWarning, UnbalancedError
 from .graph_copy import copy_graph_module, preserve_attribute
 from .module_paths import inherit_provenance, module_path, source_line
 from .ops import contiguous_grad
-from .opset import arg, op_name
+from .opset import arg, op_name, schema, set_arg
 from .report import Finding, TransformReport, finding_record, rewrite_record
 from .outputs import flatten_value
 from .tracing import _as_tuple, eval_clone, model_name, trace
 from .validation import check_capture, check_inputs, check_passes, shapes
-
-_TRAINING_ARGS = {"dropout": ("training", 2), "batch_norm": ("training", 5)}
-
 
 @contextmanager
 def _timed(timings: dict, stage: str):
@@ -67,17 +64,14 @@ def as_eval_graph(gm: fx.GraphModule) -> int:
 
     The user's model keeps its mode; only the captured graph changes. Returns how many calls changed.
     """
-    changed = 0
+    changed, missing = 0, object()
     for node in gm.graph.nodes:
-        spec = _TRAINING_ARGS.get(op_name(node, gm)) if node.op == "call_function" else None
-        if spec is None or _standardises_weights(node, gm):
+        op = schema(op_name(node, gm)) if node.op == "call_function" else None
+        if op is None or "training" not in op.args or _standardises_weights(node, gm):
             continue
-        name, position = spec
-        if name in node.kwargs and node.kwargs[name] is not False:
-            node.kwargs = {**node.kwargs, name: False}
-            changed += 1
-        elif len(node.args) > position and node.args[position] is not False:
-            node.args = node.args[:position] + (False,) + node.args[position + 1:]
+        training = arg(node, "training", missing)
+        if training is not missing and training is not False:
+            set_arg(node, "training", False)
             changed += 1
     return changed
 
@@ -131,17 +125,41 @@ def _run_round(gm: fx.GraphModule, selected: Sequence, inputs: Optional[Iterable
     rewrites = []
     for rewrite_pass in selected:
         facts = analyse(gm, inputs)
-        for node in list(rewrite_pass.match(facts)):
-            record = rewrite_record(rewrite_pass.name, facts, node)
-            if rewrite_pass.rewrite(facts, node) is not False:
-                rewrites.append(record)
+        for node in rewrite_pass.match(facts):
+            # match-then-rewrite: an earlier rewrite of this pass may have changed the graph around
+            # this node since ``facts`` were computed; re-analyse then, and re-check the match
+            if not facts.knows(node):
+                facts = analyse(gm, inputs)
+            if not rewrite_pass.still_applies(facts, node):
+                continue
+            rewrites.append(rewrite_record(rewrite_pass.name, facts, node))
+            rewrite_pass.rewrite(facts, node)
         gm.graph.lint()
     return rewrites
 
 
-def run_passes(gm: fx.GraphModule, selected: Sequence, inputs: Optional[Iterable[str]] = None) -> list:
-    """Apply the passes in order, re-analysing before each, until a round rewrites nothing or
-    nothing is left unbalanced (at most ``MAX_ROUNDS``); returns the rewrites."""
+def apply_passes(gm: fx.GraphModule, selected: Sequence, inputs: Optional[Iterable[str]] = None) -> list:
+    """Apply the passes to ``gm`` in place, in order, until a round rewrites nothing or nothing is
+    left unbalanced (at most ``MAX_ROUNDS`` rounds).
+
+    Each pass sees a fresh analysis; each of its matches is re-checked with
+    :meth:`passes.api.Pass.still_applies` right before it is rewritten, on facts recomputed when an
+    earlier rewrite touched that node, its inputs or its users.
+
+    Args:
+        gm: a captured GraphModule (edited in place; not recompiled).
+        selected: :class:`passes.api.Pass` objects, in order (``passes.select(...)``).
+        inputs: names of the attributed placeholders; all by default.
+
+    Returns:
+        The :class:`~libra_fx.report.Rewrite` records, in the order they were made.
+
+    Example:
+        >>> import passes
+        >>> gm = libra_fx.trace(model)  # doctest: +SKIP
+        >>> [r.pass_name for r in apply_passes(gm, passes.select("norm"))]  # doctest: +SKIP
+        ['normalization']
+    """
     rewrites = []
     for _ in range(MAX_ROUNDS):
         made = _run_round(gm, selected, inputs)
@@ -235,8 +253,8 @@ def _report_unbalanced(report: TransformReport, strict: bool) -> None:
         return
     if strict:
         raise UnbalancedError(report.model_name, report.unbalanced)
-    listed = "; ".join(str(f) for f in report.unbalanced[:8])
-    more = f" (+{len(report.unbalanced) - 8} more)" if len(report.unbalanced) > 8 else ""
+    listed = "; ".join(str(f) for f in report.unbalanced[:LISTED_FINDINGS])
+    more = f" (+{len(report.unbalanced) - LISTED_FINDINGS} more)" if len(report.unbalanced) > LISTED_FINDINGS else ""
     warnings.warn(f"libra_fx: {report.model_name}: {len(report.unbalanced)} gradient-relevant op(s) left "
                   f"unbalanced: {listed}{more}. See libra_fx.audit(); strict=True raises.", LibraWarning,
                   stacklevel=3)
@@ -316,7 +334,7 @@ def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[
         align_state_dict(gm, model)
         traced = copy_graph_module(gm)
         with _timed(timings, "rewrite"):
-            rewrites = run_passes(gm, selected, inputs)
+            rewrites = apply_passes(gm, selected, inputs)
         with _timed(timings, "analyse"):
             facts = analyse(gm, inputs)
             findings = [finding_record(facts, node) for node in unbalanced(facts)] + _capture_findings(gm, facts)

@@ -9,20 +9,21 @@ from __future__ import annotations
 import torch.fx as fx
 
 from libra_fx.analysis import Facts
+from libra_fx.opset import arg
 
-from ._graph import Pass, detach_input, relevant_nodes, value_arg
+from .api import Pass, detach_input
 
 
 def _divisor(node: fx.Node):
-    return value_arg(node, 1, "other")
+    return arg(node, "other")
 
 
-def match(facts: Facts):
-    return [n for n in relevant_nodes(facts, ("div",)) if facts.is_live(_divisor(n))]
+def applies(facts: Facts, node: fx.Node) -> bool:
+    return facts.is_live(_divisor(node))
 
 
 def rewrite(facts: Facts, node: fx.Node) -> None:
     detach_input(node, _divisor(node), PASS.name)
 
 
-PASS = Pass("divisor", "norm", match, rewrite, __doc__)
+PASS = Pass(name="divisor", group="norm", ops=("div",), applies=applies, rewrite=rewrite, doc=__doc__)

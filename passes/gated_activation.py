@@ -12,27 +12,24 @@ import torch.fx as fx
 
 from libra_fx.analysis import Facts
 from libra_fx.functional import balanced_activation
+from libra_fx.opset import arg, set_arg
 
-from ._graph import Pass, relevant_nodes, substitute, value_arg
+from .api import Pass, substitute
 
 KNOWN = ("gelu", "silu", "hardswish", "mish")
 
 
 def gate_kind(facts: Facts, node: fx.Node) -> str:
     name = facts.name(node)
-    if name == "gelu" and value_arg(node, 1, "approximate", "none") == "tanh":
+    if name == "gelu" and arg(node, "approximate", "none") == "tanh":
         return "gelu_tanh"
     return name
 
 
-def match(facts: Facts):
-    return relevant_nodes(facts, KNOWN)
-
-
 def rewrite(facts: Facts, node: fx.Node) -> None:
     if node.kwargs.get("inplace"):  # the gate reads x after the op, so x must not be overwritten
-        node.kwargs = {**node.kwargs, "inplace": False}
-    substitute(node, balanced_activation, (value_arg(node, 0, "input"), gate_kind(facts, node), node), None, PASS.name)
+        set_arg(node, "inplace", False)
+    substitute(node, balanced_activation, (arg(node, "input"), gate_kind(facts, node), node), None, PASS.name)
 
 
-PASS = Pass("gated_activation", "activation", match, rewrite, __doc__)
+PASS = Pass(name="gated_activation", group="activation", ops=KNOWN, rewrite=rewrite, doc=__doc__)

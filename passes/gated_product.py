@@ -16,10 +16,13 @@ from libra_fx.analysis import Facts, is_product, product_leaves, product_root
 from libra_fx.opset import Kind
 from libra_fx.ops import scale_grad
 
-from ._graph import Pass, substitute
+from .api import Pass, substitute
+
+#: how many structural ops (reshapes, masking) past a softmax a factor still counts as its weighting
+SOFTMAX_DEPTH = 6
 
 
-def _from_softmax(facts: Facts, node: fx.Node, depth: int = 6) -> bool:
+def _from_softmax(facts: Facts, node: fx.Node, depth: int = SOFTMAX_DEPTH) -> bool:
     if facts.name(node) == "softmax":
         return True
     if depth == 0 or facts.kind(node) is not Kind.STRUCTURAL:
@@ -27,7 +30,7 @@ def _from_softmax(facts: Facts, node: fx.Node, depth: int = 6) -> bool:
     return any(_from_softmax(facts, a, depth - 1) for a in node.all_input_nodes if facts.is_live(a))
 
 
-def _unscaled_root(facts: Facts, node: fx.Node) -> bool:
+def unscaled_root(facts: Facts, node: fx.Node) -> bool:
     if not is_product(facts, node) or product_root(facts, node) is not node:
         return False
     verdict = facts.verdicts.get(node)
@@ -42,13 +45,9 @@ def _balanced(facts: Facts, factor: fx.Node) -> bool:
     return verdict is None or verdict.balanced
 
 
-def match(facts: Facts):
-    return [n for n in facts.relevant if _unscaled_root(facts, n)]
-
-
 def rewrite(facts: Facts, node: fx.Node) -> None:
     k = len(product_leaves(facts, node))
     substitute(node, scale_grad, (node, 1.0 / k), None, PASS.name)
 
 
-PASS = Pass("gated_product", "gate", match, rewrite, __doc__)
+PASS = Pass(name="gated_product", group="gate", applies=unscaled_root, rewrite=rewrite, doc=__doc__)

@@ -9,19 +9,12 @@ from __future__ import annotations
 import torch.fx as fx
 
 from libra_fx.analysis import Facts
-from libra_fx.functional import balanced_normalize
 
-from ._graph import Pass, relevant_nodes, substitute, value_arg
-
-
-def match(facts: Facts):
-    return relevant_nodes(facts, ("normalize",))
+from .api import Pass, substitute_twin
 
 
 def rewrite(facts: Facts, node: fx.Node) -> None:
-    args = (value_arg(node, 0, "input"), value_arg(node, 1, "p", 2.0), value_arg(node, 2, "dim", 1),
-            value_arg(node, 3, "eps", 1e-12))
-    substitute(node, balanced_normalize, args, None, PASS.name)
+    substitute_twin(facts, node, PASS.name)  # balanced_normalize(x, p, dim, eps)
 
 
-PASS = Pass("l2_normalize", "norm", match, rewrite, __doc__)
+PASS = Pass(name="l2_normalize", group="norm", ops=("normalize",), rewrite=rewrite, doc=__doc__)

@@ -13,25 +13,25 @@ import torch.fx as fx
 from libra_fx.analysis import Facts
 from libra_fx.functional import linearized
 
-from ._graph import Pass, relevant_nodes, substitute
+from libra_fx.opset import arg
+
+from .api import Pass, substitute
 
 ZERO_AT_ZERO = ("tanh", "elu", "selu", "erf", "sin", "gelu", "silu", "mish", "hardswish")
 
 
 def _single_live_input(facts: Facts, node: fx.Node):
     live = [a for a in node.all_input_nodes if facts.is_live(a)]
-    return live[0] if len(live) == 1 and node.args and node.args[0] is live[0] else None
+    return live[0] if len(live) == 1 and arg(node, "input") is live[0] else None
 
 
-def match(facts: Facts):
-    return [n for n in relevant_nodes(facts, ZERO_AT_ZERO)
-            if not facts.verdicts[n].balanced and _single_live_input(facts, n) is not None]
+def applies(facts: Facts, node: fx.Node) -> bool:
+    return not facts.verdicts[node].balanced and _single_live_input(facts, node) is not None
 
 
 def rewrite(facts: Facts, node: fx.Node) -> None:
-    # args[0], not _single_live_input: an earlier rewrite in this pass may have replaced the input
-    # by a new node the facts do not know (tanh(tanh(x)): fuzz counterexample, seed 0)
-    substitute(node, linearized, (node, node.args[0]), None, PASS.name)
+    substitute(node, linearized, (node, arg(node, "input")), None, PASS.name)
 
 
-PASS = Pass("linearize_activation", "generic", match, rewrite, __doc__)
+PASS = Pass(name="linearize_activation", group="generic", ops=ZERO_AT_ZERO, applies=applies, rewrite=rewrite,
+            doc=__doc__)

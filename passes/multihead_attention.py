@@ -15,19 +15,20 @@ import torch.fx as fx
 from libra_fx.analysis import Facts
 from libra_fx.functional import balanced_multihead_attention
 from libra_fx.ops import swap_backward
+from libra_fx.opset import arg
 
-from ._graph import Pass, call_after, relevant_nodes, value_arg
+from .api import Pass, call_after
 
 _PARAMS = ("in_proj_weight", "in_proj_bias", "q_proj_weight", "k_proj_weight", "v_proj_weight",
            "bias_k", "bias_v", "out_proj.weight", "out_proj.bias")
 
 
 def _first_output_users(node: fx.Node) -> list[fx.Node]:
-    return [u for u in node.users if u.target is operator.getitem and u.args[1] == 0]
+    return [u for u in node.users if u.target is operator.getitem and arg(u, "index") == 0]
 
 
-def match(facts: Facts):
-    return [n for n in relevant_nodes(facts, ("multihead_attention",)) if _first_output_users(n)]
+def applies(facts: Facts, node: fx.Node) -> bool:
+    return bool(_first_output_users(node))
 
 
 def _param_nodes(node: fx.Node) -> list:
@@ -45,12 +46,11 @@ def _param_nodes(node: fx.Node) -> list:
 
 def rewrite(facts: Facts, node: fx.Node) -> None:
     module = node.graph.owning_module.get_submodule(node.target)
-    query, key, value = (value_arg(node, i, n) for i, n in enumerate(("query", "key", "value")))
+    query, key, value = (arg(node, name) for name in ("query", "key", "value"))
     kwargs = {
         "num_heads": module.num_heads, "add_zero_attn": module.add_zero_attn,
-        "batch_first": module.batch_first, "attn_mask": value_arg(node, 5, "attn_mask"),
-        "key_padding_mask": value_arg(node, 3, "key_padding_mask"),
-        "is_causal": value_arg(node, 7, "is_causal", False),
+        "batch_first": module.batch_first, "attn_mask": arg(node, "attn_mask"),
+        "key_padding_mask": arg(node, "key_padding_mask"), "is_causal": arg(node, "is_causal", False),
     }
     for output in _first_output_users(node):
         balanced = call_after(output, balanced_multihead_attention,
@@ -59,4 +59,5 @@ def rewrite(facts: Facts, node: fx.Node) -> None:
         output.replace_all_uses_with(swapped, delete_user_cb=lambda u: u is not swapped)
 
 
-PASS = Pass("multihead_attention", "attention", match, rewrite, __doc__)
+PASS = Pass(name="multihead_attention", group="attention", ops=("multihead_attention",), applies=applies,
+            rewrite=rewrite, doc=__doc__)

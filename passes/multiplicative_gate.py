@@ -18,9 +18,9 @@ from typing import Optional
 import torch.fx as fx
 
 from libra_fx.analysis import Facts, elementwise_of, is_product
-from libra_fx.opset import Kind
+from libra_fx.opset import Kind, arg, factors
 
-from ._graph import Pass, detach_input, relevant_nodes
+from .api import Pass, detach_input
 
 
 def _unbalanced(facts: Facts, node: fx.Node) -> bool:
@@ -36,7 +36,7 @@ def scaled_source(facts: Facts, value: fx.Node) -> fx.Node:
     """The x that ``value`` is a constant multiple of (``0.5*x`` → x), or ``value`` itself."""
     while facts.name(value) in _SCALINGS and not is_product(facts, value):
         live = [a for a in value.all_input_nodes if facts.is_live(a)]
-        divisor_live = facts.name(value) == "div" and facts.is_live(value.args[1])
+        divisor_live = facts.name(value) == "div" and facts.is_live(arg(value, "other"))
         if len(live) != 1 or divisor_live or facts.kind(live[0]) is Kind.CONST:
             break
         value = live[0]
@@ -45,7 +45,7 @@ def scaled_source(facts: Facts, value: fx.Node) -> fx.Node:
 
 def gate_factor(facts: Facts, node: fx.Node) -> Optional[fx.Node]:
     """The factor of ``node`` (a two-factor mul) that acts as a gate, if one does."""
-    live = [a for a in node.args[:2] if facts.is_live(a)]
+    live = [a for a in factors(node) if facts.is_live(a)]
     if len(live) != 2 or live[0] is live[1]:
         return None
     a, b = live
@@ -58,18 +58,13 @@ def gate_factor(facts: Facts, node: fx.Node) -> Optional[fx.Node]:
     return None
 
 
-def match(facts: Facts):
-    return [n for n in relevant_nodes(facts, ("mul",)) if gate_factor(facts, n) is not None]
+def applies(facts: Facts, node: fx.Node) -> bool:
+    return gate_factor(facts, node) is not None
 
 
-def rewrite(facts: Facts, node: fx.Node) -> bool:
-    # an earlier rewrite in this round may have replaced a factor by a node the facts do not
-    # know (Hugging Face Mamba): no gate any more, and the next round decides afresh
-    gate = gate_factor(facts, node)
-    if gate is None:
-        return False
-    detach_input(node, gate, PASS.name)
-    return True
+def rewrite(facts: Facts, node: fx.Node) -> None:
+    detach_input(node, gate_factor(facts, node), PASS.name)
 
 
-PASS = Pass("multiplicative_gate", "activation", match, rewrite, __doc__)
+PASS = Pass(name="multiplicative_gate", group="activation", ops=("mul",), applies=applies, rewrite=rewrite,
+            doc=__doc__)

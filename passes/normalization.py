@@ -11,29 +11,15 @@ from __future__ import annotations
 import torch.fx as fx
 
 from libra_fx.analysis import Facts
-from libra_fx.functional import balanced_group_norm, balanced_layer_norm, balanced_rms_norm
-from libra_fx.opset import arg
 
-from ._graph import Pass, relevant_nodes, substitute
+from .api import Pass, substitute_twin
 
-#: canonical op -> (balanced function, its parameters in order)
-BALANCED_NORMS = {
-    "layer_norm": (balanced_layer_norm, ("input", "normalized_shape", "weight", "bias", "eps")),
-    "rms_norm": (balanced_rms_norm, ("input", "normalized_shape", "weight", "eps")),
-    "group_norm": (balanced_group_norm, ("input", "num_groups", "weight", "bias", "eps")),
-}
-_DEFAULT_EPS = {"layer_norm": 1e-5, "group_norm": 1e-5, "rms_norm": None}
-
-
-def match(facts: Facts):
-    return relevant_nodes(facts, BALANCED_NORMS)
+#: the norms this pass balances; each one's twin (``balanced_layer_norm``, ...) is in its op schema
+NORMS = ("layer_norm", "rms_norm", "group_norm")
 
 
 def rewrite(facts: Facts, node: fx.Node) -> None:
-    name = facts.name(node)
-    function, params = BALANCED_NORMS[name]
-    args = tuple(arg(node, p, _DEFAULT_EPS[name] if p == "eps" else None) for p in params)
-    substitute(node, function, args, None, PASS.name)
+    substitute_twin(facts, node, PASS.name)
 
 
-PASS = Pass("normalization", "norm", match, rewrite, __doc__)
+PASS = Pass(name="normalization", group="norm", ops=NORMS, rewrite=rewrite, doc=__doc__)

@@ -14,23 +14,23 @@ import torch.fx as fx
 
 from libra_fx.analysis import Facts, power_exponent
 from libra_fx.ops import scale_grad
+from libra_fx.opset import arg
 
-from ._graph import Pass, relevant_nodes, substitute
+from .api import Pass, substitute
 
 
 def _balanced_base(facts: Facts, node: fx.Node) -> bool:
-    verdict = facts.verdicts.get(node.args[0])
+    verdict = facts.verdicts.get(arg(node, "input"))
     return verdict is None or verdict.balanced
 
 
-def match(facts: Facts):
-    return [n for n in relevant_nodes(facts, ("pow", "square"))
-            if not facts.verdicts[n].balanced and power_exponent(facts, n) is not None
-            and _balanced_base(facts, n)]
+def applies(facts: Facts, node: fx.Node) -> bool:
+    return (not facts.verdicts[node].balanced and power_exponent(facts, node) is not None
+            and _balanced_base(facts, node))
 
 
 def rewrite(facts: Facts, node: fx.Node) -> None:
     substitute(node, scale_grad, (node, 1.0 / power_exponent(facts, node)), None, PASS.name)
 
 
-PASS = Pass("power", "gate", match, rewrite, __doc__)
+PASS = Pass(name="power", group="gate", ops=("pow", "square"), applies=applies, rewrite=rewrite, doc=__doc__)

@@ -16,7 +16,7 @@ from libra_fx.analysis import Facts
 from libra_fx.ops import block_gradient, const
 from libra_fx.opset import arg
 
-from ._graph import Pass, detach_input, relevant_nodes
+from .api import Pass, detach_input
 
 
 #: the arguments that only reach the output through the softmax
@@ -28,8 +28,8 @@ def _scores_inputs(facts: Facts, node) -> list:
     return list(dict.fromkeys(v for v in (arg(node, a) for a in SCORE_ARGS) if facts.carries_gradient(v)))
 
 
-def match(facts: Facts):
-    return [n for n in relevant_nodes(facts, ("sdpa",)) if _scores_inputs(facts, n)]
+def applies(facts: Facts, node) -> bool:
+    return bool(_scores_inputs(facts, node))
 
 
 def rewrite(facts: Facts, node) -> None:
@@ -38,4 +38,5 @@ def rewrite(facts: Facts, node) -> None:
         detach_input(node, value, PASS.name, block_gradient if value is mask else const)
 
 
-PASS = Pass("sdpa_attention", "attention", match, rewrite, __doc__)
+PASS = Pass(name="sdpa_attention", group="attention", ops=("sdpa",), applies=applies, rewrite=rewrite,
+            doc=__doc__)

@@ -17,7 +17,7 @@ import torch.fx as fx
 
 from libra_fx.analysis import Facts, is_product
 
-from ._graph import Pass, detach_output, relevant_nodes
+from .api import Pass, detach_output
 
 #: how far (in nodes) past the softmax the weighting region is followed
 _MAX_REGION = 64
@@ -53,12 +53,13 @@ def _weights_a_product(facts: Facts, node: fx.Node) -> bool:
                if user not in region)
 
 
-def match(facts: Facts):
-    return [n for n in relevant_nodes(facts, ("softmax",)) if _weights_a_product(facts, n)]
+def applies(facts: Facts, node: fx.Node) -> bool:
+    return _weights_a_product(facts, node)
 
 
 def rewrite(facts: Facts, node: fx.Node) -> None:
     detach_output(node, PASS.name)
 
 
-PASS = Pass("softmax_attention", "attention", match, rewrite, __doc__)
+PASS = Pass(name="softmax_attention", group="attention", ops=("softmax",), applies=applies, rewrite=rewrite,
+            doc=__doc__)

@@ -21,7 +21,7 @@ from libra_fx import fast_ops
 from libra_fx.compile import compile as libra_compile
 from libra_fx.compile import lower
 from libra_fx.graph_copy import copy_graph_module
-from libra_fx.functional import ACTIVATIONS, GATES, balanced_activation, balanced_layer_norm, balanced_rms_norm
+from libra_fx.functional import GATES, balanced_activation, balanced_layer_norm, balanced_rms_norm
 from libra_fx.ops import const, swap_backward
 
 RTOL = 1e-5
@@ -47,7 +47,7 @@ def swap_rms_norm(x, shape, weight=None, eps=None):
 
 
 def swap_activation(x, kind):
-    return swap_backward(ACTIVATIONS[kind](x), x * const(GATES[kind](x)))
+    return swap_backward(GATES[kind].activation(x), x * const(GATES[kind].formula(x)))
 
 
 def rel_err(a: torch.Tensor, b: torch.Tensor) -> float:
@@ -96,7 +96,7 @@ def test_rms_norm_fast_equals_swap():
 @pytest.mark.parametrize("kind", sorted(GATES))
 def test_activation_fast_equals_swap(kind):
     x = leaf(4, 33)
-    value = ACTIVATIONS[kind](x)
+    value = GATES[kind].activation(x)
     fast = balanced_activation(x, kind, value)
     assert torch.equal(fast, value)
     assert rel_err(grads(fast, x)[0], grads(swap_activation(x, kind), x)[0]) <= RTOL

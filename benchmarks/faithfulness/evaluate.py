@@ -29,7 +29,7 @@ from libra_fx.analysis import Facts, is_product, product_leaves, product_root
 from libra_fx.maps import patch_scores
 from libra_fx.metrics import average_precision, mif_lif
 from libra_fx.ops import scale_grad
-from passes._graph import Pass, substitute
+from passes.api import Pass, substitute
 
 from .data import make_batch, two_object_images
 from .train import load_or_train
@@ -50,9 +50,8 @@ def _halve_products(facts: Facts, node: fx.Node) -> None:
 
 
 #: AttnLRP's uniform rule for bilinear ops, attention included: every product's gradient / k.
-ATTNLRP_PRODUCTS = Pass("attnlrp_products", "attnlrp",
-                        lambda facts: [n for n in facts.relevant if _unscaled_product_root(facts, n)],
-                        _halve_products, "Every product p of k live factors → swap_backward(p, p/k).")
+ATTNLRP_PRODUCTS = Pass(name="attnlrp_products", group="attnlrp", applies=_unscaled_product_root,
+                        rewrite=_halve_products, doc="Every product p of k live factors → swap_backward(p, p/k).")
 
 
 def attnlrp_module(model: torch.nn.Module) -> fx.GraphModule:
