@@ -56,10 +56,17 @@ def with_gradient_inputs(probe: fx.GraphModule) -> tuple[fx.GraphModule, list[fx
     out = next(n for n in graph.nodes if n.op == "output").args[0]
     probed = list(dict.fromkeys(n for group in (out[1], out[3]) for n in group if isinstance(n, fx.Node)))
     last_placeholder = [n for n in graph.nodes if n.op == "placeholder"][-1]
+    shifted_of: dict[fx.Node, fx.Node] = {}
     for index, node in enumerate(probed):
         with graph.inserting_after(last_placeholder):
             last_placeholder = graph.placeholder(f"libra_probe_{index}", default_value=None)
         with graph.inserting_after(node):
             shifted = graph.call_function(torch.add, (node, last_placeholder))
         node.replace_all_uses_with(shifted, delete_user_cb=lambda u: u is not shifted and u.op != "output")
+        shifted_of[node] = shifted
+    # the model's own output may itself be a probed value (the head's bias site IS the logits): it is
+    # returned shifted too, or the score read from it would not depend on that value's probe input
+    output_node = next(n for n in graph.nodes if n.op == "output")
+    result, sites, biases, taps = output_node.args[0]
+    output_node.args = ((fx.map_arg(result, lambda n: shifted_of.get(n, n)), sites, biases, taps),)
     return fx.GraphModule(probe, graph, "Probed" + type(probe).__name__), probed
