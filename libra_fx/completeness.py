@@ -11,9 +11,9 @@ from typing import Sequence
 import torch
 import torch.fx as fx
 
-from .probes import instrument  # noqa: F401  (kept importable from here)
+from .probes import instrument
 from .runner import FullGradTerms, GraphRunner, fullgrad_terms, site_attribution
-from .targets import Target, explained_score, first_tensor, target_score  # noqa: F401  (kept importable)
+from .targets import Target, explained_score, first_tensor, target_score
 
 __all__ = [
     "fullgrad_completeness_error", "completeness_error", "row_completeness_error",

@@ -5,7 +5,7 @@
 * :mod:`.cams` — ``gradcam``, ``hirescam``, ``gradcam+``, ``xgradcam+``;
 * :mod:`.attention` — ``raw_attention``, ``rollout`` (non-gradient baselines).
 """
-from . import gradients, fullgrad, cams, attention  # noqa: F401  (registration order = METHODS order)
+from . import gradients, fullgrad, cams, attention  # registration order = METHODS order
 from .registry import METHODS, Partial, register
 
-__all__ = ["METHODS", "Partial", "register"]
+__all__ = ["METHODS", "Partial", "register", "gradients", "fullgrad", "cams", "attention"]
