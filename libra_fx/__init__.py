@@ -10,9 +10,11 @@ from .analysis import analyse
 from .attribution import METHODS, Attribution, attribute
 from .audit import AuditReport, audit
 from .compile import compile
-from .completeness import completeness_error, fullgrad_terms, target_score
+from .completeness import completeness_error
 from .errors import LibraError, TraceError, UnbalancedError
 from .ops import const, scale_grad, swap_backward
+from .runner import fullgrad_terms
+from .targets import target_score
 from .text import Contrast, TextAttribution, TextModel
 from .tracing import trace
 from .transform import is_transformed, transform

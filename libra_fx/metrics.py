@@ -1,6 +1,7 @@
 """Evaluation metrics for attribution maps (LibraGrad spec, section 5).
 
-- :func:`completeness_error` — ``|f(x) - Σ attributions|`` (the paper's CE).
+- :func:`decomposition_error` — ``|f(x) - Σ attributions|`` of attributions already computed (the
+  paper's CE; :func:`libra_fx.completeness_error` runs FullGrad on a graph and checks it).
 - :func:`deletion_curve` / :func:`mif_lif` — MIF / LIF patch deletion, AUC, AOPC, SRG.
 - :func:`average_precision` — segmentation AP of a map against a ground-truth mask.
 
@@ -21,7 +22,7 @@ import torch.nn as nn
 from .maps import _pair, upsample_map
 
 __all__ = [
-    "completeness_error",
+    "decomposition_error",
     "DeletionResult",
     "deletion_curve",
     "mif_lif",
@@ -41,13 +42,13 @@ Baseline = Union[float, str, torch.Tensor]
 # --------------------------------------------------------------------------- completeness
 
 
-def completeness_error(
+def decomposition_error(
     output: torch.Tensor,
     attributions: Tensorish,
     relative: bool = True,
     eps: float = 1e-12,
 ) -> torch.Tensor:
-    """Completeness error ``|f(x) - Σ attributions|`` per sample.
+    """Completeness error ``|f(x) - Σ attributions|`` per sample of a decomposition you computed.
 
     The sum runs over every non-batch dimension of every attribution tensor, so
     FullGrad-style decompositions (input×grad plus one bias×grad per bias) are
@@ -71,7 +72,7 @@ def completeness_error(
         >>> lin = torch.nn.Linear(8, 1)
         >>> f = lin(x).squeeze(1)
         >>> g, = torch.autograd.grad(f.sum(), x)
-        >>> ce = completeness_error(f, [x * g, lin.bias.expand(4, 1)])
+        >>> ce = decomposition_error(f, [x * g, lin.bias.expand(4, 1)])
         >>> bool(ce.max() < 1e-6)
         True
     """

@@ -28,9 +28,13 @@ from typing import Any, Callable, Optional, Sequence, Union
 import torch
 import torch.nn as nn
 
-from .attribution import (METHODS, Attribution, Context, Geometry, Partial, RowTarget, attention_maps,
-                          run_method)
-from .completeness import first_tensor
+from .attention_maps import attention_maps
+from .attribution import Attribution, run_method
+from .context import Context
+from .geometry import Geometry
+from .methods import METHODS, Partial
+from .methods.attention import rollout_matrix
+from .targets import RowTarget, first_tensor
 from .errors import InputError, TargetError
 from .transform import transform
 
@@ -398,8 +402,8 @@ def _text_query_rows(ctx: Context, matrix: torch.Tensor) -> torch.Tensor:
     return matrix.gather(1, index).flatten(0, 1)
 
 
-def _text_partial(ctx: Context, rows: torch.Tensor) -> Partial:
-    return Partial(ctx.options.pop("_score"), [rows.unsqueeze(1)])
+def _text_partial(score: torch.Tensor, rows: torch.Tensor) -> Partial:
+    return Partial(score, [rows.unsqueeze(1)])
 
 
 def _finite(maps: list[torch.Tensor]) -> list[torch.Tensor]:
@@ -409,18 +413,14 @@ def _finite(maps: list[torch.Tensor]) -> list[torch.Tensor]:
 
 def text_rollout(ctx: Context) -> Partial:
     """Attention rollout Π_l normalise(0.5·mean_heads A_l + 0.5·I), read at the query position."""
-    maps = _finite(attention_maps(ctx))
-    eye = torch.eye(maps[0].shape[-1], dtype=maps[0].dtype, device=maps[0].device)
-    joint = eye.expand_as(maps[0][:, 0]).clone()
-    for attn in maps:
-        mixed = 0.5 * attn.mean(1) + 0.5 * eye
-        joint = (mixed / mixed.sum(-1, keepdim=True)) @ joint
-    return _text_partial(ctx, _text_query_rows(ctx, joint))
+    readout = attention_maps(ctx)
+    return _text_partial(readout.score, _text_query_rows(ctx, rollout_matrix(_finite(readout.maps))))
 
 
 def text_raw_attention(ctx: Context) -> Partial:
     """Last layer's attention averaged over heads, read at the query position."""
-    return _text_partial(ctx, _text_query_rows(ctx, _finite(attention_maps(ctx))[-1].mean(1)))
+    readout = attention_maps(ctx)
+    return _text_partial(readout.score, _text_query_rows(ctx, _finite(readout.maps)[-1].mean(1)))
 
 
 #: text variants of methods whose vision form reads a [CLS] row; the rest are shared (``METHODS``)

@@ -12,7 +12,7 @@ from libra_fx.maps import patch_scores, pixel_scores, token_scores, tokens_to_gr
 from libra_fx.metrics import (
     DEFAULT_FRACTIONS,
     average_precision,
-    completeness_error,
+    decomposition_error,
     deletion_curve,
     mif_lif,
 )
@@ -124,29 +124,29 @@ def test_pixel_and_patch_scores_preserve_totals():
 # --------------------------------------------------------------------------- completeness
 
 
-def test_completeness_error_zero_for_linear_model():
+def test_decomposition_error_zero_for_linear_model():
     torch.manual_seed(0)
     lin = nn.Linear(12, 1)
     x = torch.randn(5, 12, requires_grad=True)
     f = lin(x).squeeze(1)
     (g,) = torch.autograd.grad(f.sum(), x)
-    ce = completeness_error(f, [x * g, lin.bias.expand(5, 1)])
+    ce = decomposition_error(f, [x * g, lin.bias.expand(5, 1)])
     assert ce.shape == (5,)
     assert ce.max() < 1e-6
 
 
-def test_completeness_error_known_value_and_absolute():
+def test_decomposition_error_known_value_and_absolute():
     out = torch.tensor([2.0, -4.0])
     attr = [torch.tensor([[1.0, 0.5]]).expand(2, 2), torch.tensor([[0.0], [-1.0]])]
     # sums: 1.5 and 0.5 -> |2 - 1.5| = 0.5, |-4 - 0.5| = 4.5
-    torch.testing.assert_close(completeness_error(out, attr, relative=False),
+    torch.testing.assert_close(decomposition_error(out, attr, relative=False),
                                torch.tensor([0.5, 4.5], dtype=torch.float64))
-    torch.testing.assert_close(completeness_error(out[:, None], attr),
+    torch.testing.assert_close(decomposition_error(out[:, None], attr),
                                torch.tensor([0.25, 1.125], dtype=torch.float64))
 
 
-def test_completeness_error_zero_output_is_guarded():
-    ce = completeness_error(torch.zeros(2), torch.zeros(2, 3))
+def test_decomposition_error_zero_output_is_guarded():
+    ce = decomposition_error(torch.zeros(2), torch.zeros(2, 3))
     assert torch.isfinite(ce).all() and (ce == 0).all()
 
 
