@@ -17,7 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 import libra_fx
-from libra_fx.audit import default_target
+from libra_fx.auditing import default_target
 from libra_fx.completeness import fullgrad_terms
 
 FAMILIES = ["vit_tiny_patch16_224", "deit3_small_patch16_224", "eva02_tiny_patch14_224",

@@ -22,7 +22,7 @@ import torch
 import torch.nn as nn
 
 import libra_fx
-from libra_fx.audit import default_target
+from libra_fx.auditing import default_target
 from libra_fx.grad_completeness import GradCompleteness, grad_completeness, randomise_bias_terms
 from benchmarks.zoo import Entry, Result, _snapshot
 

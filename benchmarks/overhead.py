@@ -7,7 +7,7 @@ For each model (random weights) and each mode (eager, compiled) it times, interl
 * ``plain attr`` — plain forward + input-gradient backward (``torch.autograd.grad`` w.r.t. the image,
   parameters frozen): what a plain gradient attribution costs;
 * ``libra attr`` — the same on ``libra_fx.transform(model)`` (``libra_fx.compile`` when compiled);
-* ``lowered attr``— eager only: ``libra attr`` after :func:`libra_fx.compile.lower` (value-only
+* ``lowered attr``— eager only: ``libra attr`` after :func:`libra_fx.compilation.lower` (value-only
   attention backward), which ``libra_fx.compile`` applies anyway;
 * ``plain train``— plain forward + backward with every weight gradient (a training step's autograd).
 
@@ -38,7 +38,7 @@ import torch
 import torch.nn as nn
 
 import libra_fx
-from libra_fx.compile import lower
+from libra_fx.compilation import lower
 from libra_fx.graph_copy import copy_graph_module
 
 VARIANTS = ("fwd", "plain_attr", "libra_attr", "lowered_attr", "plain_train")
@@ -126,7 +126,7 @@ def make_runs(plain: nn.Module, libra: nn.Module, owner: nn.Module,
         plain: the model (or its compiled form).
         libra: the transformed model (or its compiled form).
         owner: the module owning the shared parameters (to freeze/unfreeze them).
-        lowered: the transformed model after :func:`libra_fx.compile.lower` (eager only).
+        lowered: the transformed model after :func:`libra_fx.compilation.lower` (eager only).
 
     Returns:
         ``{variant: run(x)}`` for the variants in :data:`VARIANTS` that apply.

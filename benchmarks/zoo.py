@@ -18,7 +18,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import libra_fx
-from libra_fx.audit import default_target
+from libra_fx.auditing import default_target
 from libra_fx.completeness import fullgrad_terms, row_completeness_error
 from libra_fx.grad_completeness import grad_completeness, randomise_bias_terms
 

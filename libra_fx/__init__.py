@@ -8,8 +8,8 @@ module with bit-identical forward values.
 from . import analysis, bias, functional, ops
 from .analysis import analyse
 from .attribution import METHODS, Attribution, attribute
-from .audit import AuditReport, audit
-from .compile import compile
+from .auditing import AuditReport, audit
+from .compilation import compile
 from .completeness import completeness_error
 from .errors import LibraError, TraceError, UnbalancedError
 from .ops import const, scale_grad, swap_backward
@@ -17,7 +17,7 @@ from .runner import fullgrad_terms
 from .targets import target_score
 from .text import Contrast, TextAttribution, TextModel
 from .tracing import trace
-from .transform import is_transformed, transform
+from .pipeline import is_transformed, transform
 
 __all__ = [
     "transform", "compile", "trace", "audit", "AuditReport", "attribute", "Attribution", "METHODS",

@@ -33,7 +33,7 @@ from .interop import hook_points
 from .methods import METHODS, Partial, register
 from .probes import with_gradient_inputs
 from .targets import RowTarget, Target, targets_per_row
-from .transform import is_transformed, transform
+from .pipeline import is_transformed, transform
 from .validation import check_method
 
 #: names that lived here before the split, kept importable from ``libra_fx.attribution``

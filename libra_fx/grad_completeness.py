@@ -131,7 +131,7 @@ def grad_completeness(module: nn.Module, inputs: Sequence[torch.Tensor], target:
     Args:
         module: the module whose gradients are judged (``libra_fx.transform``'s output, or a plain one).
         inputs: positional inputs; floating tensors are attributed.
-        target: ``output -> (B,)`` scores (e.g. :func:`libra_fx.audit.default_target`).
+        target: ``output -> (B,)`` scores (e.g. :func:`libra_fx.auditing.default_target`).
         model: the module whose ``BatchNorm`` layers give implied biases (``module`` by default; a
             transformed module keeps the parameters but not the layer classes, so pass the original).
         additive: which tensor names are bias terms (:func:`is_additive` by default).

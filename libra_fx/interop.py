@@ -9,7 +9,7 @@ import torch.nn as nn
 from .analysis import analyse
 from .blocks import find_blocks
 from .graph_copy import copy_graph_module
-from .transform import is_transformed, transform
+from .pipeline import is_transformed, transform
 
 
 def hook_points(module: nn.Module, blocks: Optional[Sequence[str]] = None,

@@ -36,7 +36,7 @@ from .methods import METHODS, Partial
 from .methods.attention import rollout_matrix
 from .targets import RowTarget, first_tensor
 from .errors import InputError, TargetError
-from .transform import transform
+from .pipeline import transform
 
 #: the placeholder that is attributed (the HF keyword the embeddings are passed as)
 ATTRIBUTED = ("inputs_embeds",)
@@ -609,14 +609,14 @@ def audit_text(lm: TextModel, length: int = 8, batch: int = 2):
         length, batch: size of the random example.
 
     Returns:
-        :class:`libra_fx.audit.AuditReport`.
+        :class:`libra_fx.auditing.AuditReport`.
 
     Example:
         >>> report = audit_text(TextModel(tiny_model("gpt_neox")[0]))
         >>> report.completeness_after < 1e-4
         True
     """
-    from .audit import AuditReport
+    from .auditing import AuditReport
 
     ids = torch.randint(0, lm.model.get_input_embeddings().num_embeddings, (batch, length),
                         generator=torch.Generator().manual_seed(0)).to(lm._device)

@@ -2,7 +2,7 @@
 
 A pass is a rule ``applies(facts, node)`` over the relevant nodes of some ops, and a
 ``rewrite(facts, node)`` that balances one such node by editing the graph around it. The engine
-(``libra_fx.transform.apply_passes``) analyses the graph, takes the pass's matches, re-validates each
+(``libra_fx.pipeline.apply_passes``) analyses the graph, takes the pass's matches, re-validates each
 one right before rewriting it (:meth:`Pass.still_applies`, on facts recomputed whenever an earlier
 rewrite touched the node), rewrites it, and repeats the passes until nothing changes. A rewrite may
 therefore trust that ``applies(facts, node)`` holds on the facts it is given.

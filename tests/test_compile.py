@@ -18,8 +18,8 @@ from torch._dynamo.utils import counters
 
 import libra_fx
 from libra_fx import fast_ops
-from libra_fx.compile import compile as libra_compile
-from libra_fx.compile import lower
+from libra_fx.compilation import compile as libra_compile
+from libra_fx.compilation import lower
 from libra_fx.graph_copy import copy_graph_module
 from libra_fx.functional import GATES, balanced_activation, balanced_layer_norm, balanced_rms_norm
 from libra_fx.ops import const, swap_backward

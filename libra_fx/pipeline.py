@@ -351,6 +351,6 @@ def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[
         _verify_forward(reference, gm, example, name)
     _report_unbalanced(gm.libra_report, strict)
     if compile:
-        from .compile import compile as compile_module
+        from .compilation import compile as compile_module
         return compile_module(gm, **compile_kwargs)
     return gm

@@ -11,7 +11,7 @@ import torch.nn as nn
 from .completeness import first_tensor, row_completeness_error
 from .report import Finding, Rewrite
 from .tracing import _as_tuple
-from .transform import transform
+from .pipeline import transform
 
 
 @dataclass
