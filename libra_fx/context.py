@@ -75,12 +75,7 @@ def run_graph(ctx: Context, inputs: tuple, target: Optional[Target], taps: Seque
 
     Args:
         ctx: the call's context.
-        inputs: positional inputs (floating ones are attributed).
-        target: see :func:`libra_fx.targets.target_score`; ``None`` with ``grad=False`` only.
-        taps: nodes whose (value, gradient) to return.
-        bias: compute bias×gradient terms.
-        grad: run the backward.
-        raw_grad: ``input_attr`` holds ∇ₓf instead of x⊙∇ₓf.
+        inputs, target, taps, bias, grad, raw_grad: as for :meth:`libra_fx.runner.GraphRunner.run`.
 
     Returns:
         :class:`~libra_fx.runner.FullGradTerms` with ``taps`` for the requested nodes only.

@@ -128,6 +128,13 @@ def relevant_nodes(facts: Facts, names: Iterable[str]) -> list[fx.Node]:
     return [n for n in facts.relevant if facts.name(n) in wanted]
 
 
+def _insert_call(inserting: Callable, anchor: fx.Node, target: Callable, args: tuple, kwargs: Optional[dict],
+                 pass_name: str) -> fx.Node:
+    with inserting(anchor):
+        new = anchor.graph.call_function(target, args, kwargs or {})
+    return inherit_provenance(new, anchor, pass_name)
+
+
 def call_after(anchor: fx.Node, target: Callable, args: tuple, kwargs: Optional[dict], pass_name: str) -> fx.Node:
     """Insert ``target(*args, **kwargs)`` right after ``anchor``, with ``anchor``'s module metadata.
 
@@ -143,9 +150,7 @@ def call_after(anchor: fx.Node, target: Callable, args: tuple, kwargs: Optional[
     Example:
         >>> balanced = call_after(output, my_balanced_op, (x,), None, "my_pass")  # doctest: +SKIP
     """
-    with anchor.graph.inserting_after(anchor):
-        new = anchor.graph.call_function(target, args, kwargs or {})
-    return inherit_provenance(new, anchor, pass_name)
+    return _insert_call(anchor.graph.inserting_after, anchor, target, args, kwargs, pass_name)
 
 
 def call_before(anchor: fx.Node, target: Callable, args: tuple, kwargs: Optional[dict], pass_name: str) -> fx.Node:
@@ -161,9 +166,7 @@ def call_before(anchor: fx.Node, target: Callable, args: tuple, kwargs: Optional
     Example:
         >>> detached = call_before(node, const, (value,), None, "my_pass")  # doctest: +SKIP
     """
-    with anchor.graph.inserting_before(anchor):
-        new = anchor.graph.call_function(target, args, kwargs or {})
-    return inherit_provenance(new, anchor, pass_name)
+    return _insert_call(anchor.graph.inserting_before, anchor, target, args, kwargs, pass_name)
 
 
 def detach_input(user: fx.Node, value: fx.Node, pass_name: str, detach: Callable = const) -> fx.Node:
