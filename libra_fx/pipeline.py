@@ -260,7 +260,7 @@ def _report_unbalanced(report: TransformReport, strict: bool) -> None:
                   stacklevel=3)
 
 
-def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[Sequence[str]] = None,
+def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[Sequence[Any]] = None,
               strict: bool = False, compile: bool = False, eval_mode: bool = True,
               verify: bool = True, leaf_types: Iterable[type] = (), inputs: Optional[Iterable[str]] = None,
               capture: str = "auto", dynamic_shapes: Any = None, **compile_kwargs) -> fx.GraphModule:
@@ -274,7 +274,9 @@ def transform(model: nn.Module, example_inputs: Any = None, *, passes: Optional[
         model: the module to explain. It is not modified; the result shares its parameters.
         example_inputs: a tensor or tuple of tensors; enables the export fallback and the forward check.
         passes: pass or group names (``"attention"``, ``"norm"``, ``"activation"``, ``"gate"``,
-            ``"generic"``); all passes when ``None``.
+            ``"generic"``) and :class:`passes.api.Pass` objects of your own, as for
+            :func:`passes.select`; all built-in passes when ``None``. A list runs only what it
+            names: ``[MY_PASS, *passes.REGISTRY]`` runs yours before the built-ins.
         strict: raise :class:`~libra_fx.errors.UnbalancedError` when an op stays unbalanced
             (the default warns once, listing them).
         compile: return ``torch.compile`` of the rewritten module (see :func:`libra_fx.compile`).
