@@ -121,6 +121,42 @@ def _laid_out(values: Sequence[torch.Tensor], batch: int) -> bool:
     return all(y.dim() > 0 and y.shape[0] == batch for y in values)
 
 
+@dataclass
+class _Pass:
+    """What one forward/backward gave, before it is laid out as :class:`FullGradTerms`."""
+
+    attributed: list
+    site_values: list
+    biases: list
+    tapped: list
+    score: Optional[torch.Tensor]
+    grads: list  # of attributed, then site values, then taps (None: no gradient)
+    sites: list
+    row_bias: Optional[torch.Tensor]  # bias terms summed per row, for sites not laid out batch-first
+
+    def terms(self, rows_in: int, grad: bool, raw_grad: bool, batch: Optional[int]) -> FullGradTerms:
+        # without a backward there is nothing per target: values keep their B rows
+        per_row = self.score.shape[1] if grad and self.score.dim() == 2 else 1
+        rows = lambda value: repeat_rows(value, rows_in, per_row)
+        attributed, site_values = [rows(x) for x in self.attributed], [rows(y) for y in self.site_values]
+        tapped = [rows(v) for v in self.tapped]
+        biases = [rows(b) if isinstance(b, torch.Tensor) and b.dim() == y.dim() else b
+                  for b, y in zip(self.biases, site_values)]
+        n_in, n_sites = len(attributed), len(site_values)
+        grads = self.grads
+        zero = lambda g, like: g if g is not None else torch.zeros_like(like)
+        input_attr = [zero(g, x) if raw_grad else x.detach() * zero(g, x) for x, g in zip(attributed, grads)]
+        site_attr = [(zero(g, y) * b).detach() for g, y, b in zip(grads[n_in:n_in + n_sites], site_values, biases)]
+        score = self.score.detach().reshape(-1) if self.score is not None else \
+            torch.full((rows_in if batch is None else batch,), float("nan"))
+        bias_attr = self.row_bias if self.row_bias is not None else \
+            sum((s.reshape(s.shape[0], -1).sum(1) for s in site_attr), torch.zeros_like(score))
+        # a tapped value may be None (an optional mask placeholder left at its default)
+        taps_out = [(v.detach() if isinstance(v, torch.Tensor) else v, g)
+                    for v, g in zip(tapped, grads[n_in + n_sites:])]
+        return FullGradTerms(score, input_attr, bias_attr, site_attr, self.sites, taps_out)
+
+
 class GraphRunner:
     """Forward and backward of one graph, with its instrumented copies cached per (bias, taps).
 
@@ -184,44 +220,31 @@ class GraphRunner:
             :class:`FullGradTerms`.
         """
         taps = tuple(taps)
-        row_bias = None
         if self.compiled and grad:
-            output, site_values, biases, tapped, score, grads, sites, attributed, row_bias = self._compiled_pass(
-                inputs, target, taps, bias)
+            ran = self._compiled_pass(inputs, target, taps, bias)
         else:
-            probe, sites = self.probe(bias, taps)
-            inputs = tuple(x.detach().requires_grad_(grad and x.is_floating_point()) for x in inputs)
-            attributed = [x for x in inputs if x.requires_grad]
-            with torch.set_grad_enabled(grad):
-                output, site_values, biases, tapped = probe(*inputs)
-                score = explained_score(self.gm, output, target) if target is not None else None
-                wanted = [*attributed, *site_values, *tapped]
-                grads = [None] * len(wanted)
-                if grad and not _laid_out(site_values, score.shape[0]):
-                    row_bias = bias_by_rows(score, site_values, biases)
-                if grad and score.dim() == 2:
-                    grads = batched_backward(score, wanted)
-                elif grad:
-                    grads = torch.autograd.grad(score.sum(), wanted, allow_unused=True)
-        rows_in = inputs[0].shape[0]
-        # without a backward there is nothing per target: values keep their B rows
-        per_row = score.shape[1] if grad and score.dim() == 2 else 1
-        rows = lambda value: repeat_rows(value, rows_in, per_row)
-        attributed, site_values, tapped = [rows(x) for x in attributed], [rows(y) for y in site_values], [rows(v) for v in tapped]
-        biases = [rows(b) if isinstance(b, torch.Tensor) and b.dim() == y.dim() else b for b, y in zip(biases, site_values)]
-        n_in, n_sites = len(attributed), len(site_values)
-        zero = lambda g, like: g if g is not None else torch.zeros_like(like)
-        input_attr = [zero(g, x) if raw_grad else x.detach() * zero(g, x) for x, g in zip(attributed, grads)]
-        site_attr = [(zero(g, y) * b).detach() for g, y, b in zip(grads[n_in:n_in + n_sites], site_values, biases)]
-        score = score.detach().reshape(-1) if score is not None else \
-            torch.full((rows_in if batch is None else batch,), float("nan"))
-        bias_attr = row_bias if row_bias is not None else \
-            sum((s.reshape(s.shape[0], -1).sum(1) for s in site_attr), torch.zeros_like(score))
-        # a tapped value may be None (an optional mask placeholder left at its default)
-        taps_out = [(v.detach() if isinstance(v, torch.Tensor) else v, g) for v, g in zip(tapped, grads[n_in + n_sites:])]
-        return FullGradTerms(score, input_attr, bias_attr, site_attr, sites, taps_out)
+            ran = self._eager_pass(inputs, target, taps, bias, grad)
+        return ran.terms(inputs[0].shape[0], grad, raw_grad, batch)
 
-    def _compiled_pass(self, inputs, target, taps, bias):
+    def _eager_pass(self, inputs, target, taps, bias, grad) -> "_Pass":
+        probe, sites = self.probe(bias, taps)
+        inputs = tuple(x.detach().requires_grad_(grad and x.is_floating_point()) for x in inputs)
+        attributed = [x for x in inputs if x.requires_grad]
+        row_bias = None
+        with torch.set_grad_enabled(grad):
+            output, site_values, biases, tapped = probe(*inputs)
+            score = explained_score(self.gm, output, target) if target is not None else None
+            wanted = [*attributed, *site_values, *tapped]
+            grads = [None] * len(wanted)
+            if grad and not _laid_out(site_values, score.shape[0]):
+                row_bias = bias_by_rows(score, site_values, biases)
+            if grad and score.dim() == 2:
+                grads = batched_backward(score, wanted)
+            elif grad:
+                grads = torch.autograd.grad(score.sum(), wanted, allow_unused=True)
+        return _Pass(attributed, site_values, biases, tapped, score, list(grads), sites, row_bias)
+
+    def _compiled_pass(self, inputs, target, taps, bias) -> "_Pass":
         """Forward + backward through the compiled graph, intermediate gradients via zero probe inputs.
 
         One eager forward without gradient first gives the probe shapes (so compiled runs cost one
@@ -248,7 +271,7 @@ class GraphRunner:
             grads = torch.autograd.grad(score.sum(), [*attributed, *probes], allow_unused=True)
         probe_grads = grads[len(attributed):]
         grads = [*grads[:len(attributed)], *(probe_grads[i] for i in positions)]
-        return output, site_values, biases, tapped, score, grads, sites, attributed, row_bias
+        return _Pass(attributed, site_values, biases, tapped, score, grads, sites, row_bias)
 
 
 def fullgrad_terms(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], target: Target,
