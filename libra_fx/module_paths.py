@@ -18,8 +18,8 @@ from typing import Any, Optional
 
 import torch.fx as fx
 
-__all__ = ["PROVENANCE_KEYS", "inherit_provenance", "module_path", "module_stack_paths", "owning_module",
-           "source_line"]
+__all__ = ["PROVENANCE_KEYS", "inherit_provenance", "is_model_code", "module_path", "module_stack_paths",
+           "owning_module", "source_line"]
 
 #: the ``node.meta`` keys that say where a node came from; a node a pass inserts copies its anchor's.
 PROVENANCE_KEYS = ("nn_module_stack", "stack_trace", "source_fn_stack")
@@ -73,12 +73,17 @@ def owning_module(node: fx.Node) -> str:
     return paths[-1] if paths else ""
 
 
+def is_model_code(location: str) -> bool:
+    """Whether a stack frame's file (or a recorded ``File "...", line n`` entry) is the model's code,
+    not torch's or libra_fx's capture code."""
+    return "/torch/" not in location and not any(source in location for source in CAPTURE_SOURCES)
+
+
 def source_line(node: fx.Node) -> Optional[str]:
     """``file:line`` of the model code that created ``node``, when the tracer recorded it."""
     trace = node.meta.get("stack_trace") or ""
     lines = [line.strip() for line in trace.splitlines()
-             if line.strip().startswith("File ") and "/torch/" not in line
-             and not any(source in line for source in CAPTURE_SOURCES)]  # the tracer's frames
+             if line.strip().startswith("File ") and is_model_code(line)]
     if not lines:
         return None
     last = lines[-1]

@@ -31,7 +31,7 @@ import torch.nn as nn
 
 from .errors import TraceError
 from .functionalize import functionalize_inplace
-from .module_paths import CAPTURE_SOURCES
+from .module_paths import is_model_code
 from .outputs import flatten_output
 from .tracer import trace_entering_leaves, watch_autograd_functions
 
@@ -87,8 +87,7 @@ def eval_clone(module: nn.Module) -> nn.Module:
 def _user_frame(tb) -> Optional[traceback.FrameSummary]:
     """The innermost frame outside torch and libra_fx: where the model's own code did what failed."""
     frames = [f for f in traceback.extract_tb(tb)  # (``<string>``: code FX generated, not the model's)
-              if "/torch/" not in f.filename and not any(source in f.filename for source in CAPTURE_SOURCES)
-              and not f.filename.startswith("<")]
+              if is_model_code(f.filename) and not f.filename.startswith("<")]
     return frames[-1] if frames else None
 
 
