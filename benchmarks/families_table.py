@@ -18,7 +18,7 @@ from rich.table import Table
 
 import libra_fx
 from libra_fx.auditing import default_target
-from libra_fx.completeness import fullgrad_terms
+from libra_fx.runner import fullgrad_terms
 
 FAMILIES = ["vit_tiny_patch16_224", "deit3_small_patch16_224", "eva02_tiny_patch14_224",
             "beitv2_base_patch16_224", "flexivit_small", "vit_base_patch16_siglip_224",

@@ -376,7 +376,7 @@ BY_KEY = {(entry.name, entry.attn): entry for entry in HF_ZOO}
 @dataclass
 class HFResult(Result):
     """What :func:`check` measured (see :class:`benchmarks.zoo.Result`; its ``ce_before``/``ce_after``
-    are libra_fx's own :func:`~libra_fx.completeness.fullgrad_terms` numbers).
+    are libra_fx's own :func:`~libra_fx.runner.fullgrad_terms` numbers).
 
     Attributes:
         attn: the entry's attention implementation.

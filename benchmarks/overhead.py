@@ -40,6 +40,7 @@ import torch.nn as nn
 import libra_fx
 from libra_fx.compilation import lower
 from libra_fx.graph_copy import copy_graph_module
+from libra_fx.targets import first_tensor
 
 VARIANTS = ("fwd", "plain_attr", "libra_attr", "lowered_attr", "plain_train")
 
@@ -115,7 +116,7 @@ def requires_grad(model: nn.Module, flag: bool):
 
 def score(output) -> torch.Tensor:
     """The explained scalar per sample: logit 0 (or the first embedding unit for CLIP)."""
-    return libra_fx.completeness.first_tensor(output)[:, 0].float()
+    return first_tensor(output)[:, 0].float()
 
 
 def make_runs(plain: nn.Module, libra: nn.Module, owner: nn.Module,

@@ -19,8 +19,9 @@ import torch.nn.functional as F
 
 import libra_fx
 from libra_fx.auditing import default_target
-from libra_fx.completeness import fullgrad_terms, row_completeness_error
+from libra_fx.completeness import row_completeness_error
 from libra_fx.grad_completeness import grad_completeness, randomise_bias_terms
+from libra_fx.runner import fullgrad_terms
 
 
 @dataclass(frozen=True)

@@ -24,24 +24,19 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .analysis import analyse
-from .attention_maps import AttentionReadout, attention_maps
 from .blocks import find_blocks
-from .context import Context, run_graph
+from .context import Context
 from .errors import LibraError
-from .geometry import Geometry, locations, resample, spatial_sum
+from .geometry import Geometry, resample
 from .interop import hook_points
 from .methods import METHODS, Partial, register
-from .probes import with_gradient_inputs
-from .targets import RowTarget, Target, targets_per_row
 from .pipeline import is_transformed, transform
+from .targets import Target
 from .validation import check_method
 
-#: names that lived here before the split, kept importable from ``libra_fx.attribution``
-__all__ = [
-    "Attribution", "attribute", "run_method", "METHODS", "Partial", "register", "Context", "run_graph",
-    "Geometry", "locations", "spatial_sum", "resample", "RowTarget", "targets_per_row", "attention_maps",
-    "AttentionReadout", "with_gradient_inputs", "hook_points",
-]
+#: the public attribution API: methods register with ``libra_fx.attribution.register`` (README) and
+#: hook-based tools take ``hook_points``; the rest lives in its own module (context, geometry, ...)
+__all__ = ["Attribution", "attribute", "run_method", "METHODS", "register", "hook_points"]
 
 Inputs = Union[torch.Tensor, Sequence[torch.Tensor]]
 

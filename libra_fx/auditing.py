@@ -8,10 +8,11 @@ from typing import Any, Optional, Sequence
 import torch
 import torch.nn as nn
 
-from .completeness import first_tensor, row_completeness_error
-from .report import Finding, Rewrite
-from .tracing import _as_tuple
+from .completeness import row_completeness_error
 from .pipeline import transform
+from .report import Finding, Rewrite
+from .targets import first_tensor
+from .tracing import _as_tuple
 
 
 @dataclass

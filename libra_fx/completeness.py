@@ -11,14 +11,10 @@ from typing import Sequence
 import torch
 import torch.fx as fx
 
-from .probes import instrument
-from .runner import FullGradTerms, GraphRunner, fullgrad_terms, site_attribution
-from .targets import Target, explained_score, first_tensor, target_score
+from .runner import GraphRunner, fullgrad_terms, site_attribution
+from .targets import Target, explained_score
 
-__all__ = [
-    "fullgrad_completeness_error", "completeness_error", "row_completeness_error",
-    "FullGradTerms", "fullgrad_terms", "instrument", "first_tensor", "target_score", "Target",
-]
+__all__ = ["fullgrad_completeness_error", "completeness_error", "row_completeness_error"]
 
 
 def row_completeness_error(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], target: Target) -> torch.Tensor:
@@ -32,7 +28,7 @@ def row_completeness_error(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], t
     Args:
         gm: a GraphModule (plain trace or transformed).
         inputs: positional inputs; floating tensors are attributed.
-        target: what to explain (see :func:`target_score`).
+        target: what to explain (see :func:`libra_fx.targets.target_score`).
 
     Returns:
         A (B,) tensor of ``|f_i − Σ terms_i| / |f_i|``.
@@ -63,7 +59,7 @@ def row_completeness_error(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], t
 
 
 def fullgrad_completeness_error(gm: fx.GraphModule, inputs: Sequence[torch.Tensor], target: Target) -> torch.Tensor:
-    """(B,) relative FullGrad completeness error of ``gm`` on ``inputs`` (see :class:`FullGradTerms`).
+    """(B,) relative FullGrad completeness error of ``gm`` on ``inputs`` (see :class:`~libra_fx.runner.FullGradTerms`).
 
     Example:
         >>> import libra_fx

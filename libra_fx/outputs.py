@@ -196,7 +196,7 @@ def _has_custom_container(spec: OutputSpec) -> bool:
 
 def structured_output(gm: fx.GraphModule, flat: Any) -> Any:
     """The output ``gm`` itself returns, given what a copy of its graph with default code
-    generation returned (e.g. :func:`libra_fx.completeness.instrument`'s first value)."""
+    generation returned (e.g. :func:`libra_fx.probes.instrument`'s first value)."""
     codegen = gm.graph._codegen
     return flat if type(codegen) is fx.graph.CodeGen else codegen.process_outputs(flat)
 

@@ -19,8 +19,8 @@ import torch.nn.functional as F
 from hypothesis import strategies as st
 
 import libra_fx
-from libra_fx.completeness import fullgrad_terms
 from libra_fx.grad_completeness import grad_completeness, randomise_bias_terms
+from libra_fx.runner import fullgrad_terms
 
 DIM, TOKENS, HEADS, CLASSES = 8, 5, 2, 3
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 import libra_fx
-from libra_fx.completeness import fullgrad_terms
 from libra_fx.grad_completeness import grad_completeness, randomise_bias_terms
+from libra_fx.runner import fullgrad_terms
 
 from .families import COMPLETE_CNNS, FAMILIES
 from .reference import ReferenceModel, gradient_mismatches, input_gradient, relative_difference

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 
 import libra_fx
 import passes
-from libra_fx.completeness import fullgrad_terms
+from libra_fx.runner import fullgrad_terms
 
 from .archgen import StarReLU, gelu_new
 from .reference import ReferenceModel, gradient_mismatches, input_gradient, relative_difference

@@ -15,9 +15,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import libra_fx
-from libra_fx.completeness import fullgrad_terms, target_score
 from libra_fx.errors import (DeviceMismatchError, InputError, LibraError, TargetError, TraceError,
                              UnbalancedError, UnknownMethodError, UnknownPassError)
+from libra_fx.runner import fullgrad_terms
+from libra_fx.targets import target_score
 from libra_fx.validation import check_method, check_target
 
 timm = pytest.importorskip("timm")

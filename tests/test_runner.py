@@ -15,7 +15,8 @@ import torch.nn as nn
 
 import libra_fx
 from libra_fx.attribution import attribute
-from libra_fx.completeness import fullgrad_completeness_error, fullgrad_terms
+from libra_fx.completeness import fullgrad_completeness_error
+from libra_fx.runner import fullgrad_terms
 from libra_fx.targets import RowTarget
 
 from .conftest import random_timm
