@@ -39,6 +39,7 @@ from .opset import arg, bound_args, op_name
 
 __all__ = ["compile", "lower", "mark_batch_dynamic"]
 
+
 def _is_const(value: Any) -> bool:
     return isinstance(value, fx.Node) and value.op == "call_function" and value.target is const
 

@@ -16,10 +16,11 @@ from .graph_copy import copy_graph_module, preserve_attribute
 from .module_paths import inherit_provenance, module_path, source_line
 from .ops import contiguous_grad
 from .opset import arg, op_name, schema, set_arg
-from .report import Finding, TransformReport, finding_record, rewrite_record
 from .outputs import flatten_value
+from .report import Finding, TransformReport, finding_record, rewrite_record
 from .tracing import _as_tuple, eval_clone, model_name, trace
 from .validation import check_capture, check_inputs, check_passes, shapes
+
 
 @contextmanager
 def _timed(timings: dict, stage: str):

@@ -74,7 +74,7 @@ def select(names=None) -> list[Pass]:
             known = ", ".join(sorted(set(REGISTRY) | set(GROUPS)))
             raise ValueError(f"unknown pass {name!r}; known passes and groups: {known}")
     chosen = list(dict.fromkeys(chosen))  # once each, first place kept
-    if not any(p not in REGISTRY.values() for p in chosen):
+    if all(p in REGISTRY.values() for p in chosen):  # names only: registry order
         chosen.sort(key=list(REGISTRY.values()).index)
     return chosen
 

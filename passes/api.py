@@ -41,7 +41,6 @@ __all__ = ["Pass", "always", "relevant_nodes", "call_after", "call_before", "det
            "detach_output", "substitute", "substitute_twin"]
 
 
-
 def always(facts: Facts, node: fx.Node) -> bool:
     """An ``applies`` rule that accepts every node of the pass's ops."""
     return True

@@ -27,7 +27,7 @@ def gate_kind(facts: Facts, node: fx.Node) -> str:
 
 
 def rewrite(facts: Facts, node: fx.Node) -> None:
-    if node.kwargs.get("inplace"):  # the gate reads x after the op, so x must not be overwritten
+    if arg(node, "inplace"):  # the gate reads x after the op, so x must not be overwritten
         set_arg(node, "inplace", False)
     substitute(node, balanced_activation, (arg(node, "input"), gate_kind(facts, node), node), None, PASS.name)
 

@@ -12,7 +12,6 @@ import torch.fx as fx
 
 from libra_fx.analysis import Facts
 from libra_fx.functional import linearized
-
 from libra_fx.opset import arg
 
 from .api import Pass, substitute
