@@ -13,11 +13,11 @@ from .compilation import compile
 from .completeness import completeness_error
 from .errors import LibraError, TraceError, UnbalancedError
 from .ops import const, scale_grad, swap_backward
+from .pipeline import is_transformed, transform
 from .runner import fullgrad_terms
 from .targets import target_score
 from .text import Contrast, TextAttribution, TextModel
 from .tracing import trace
-from .pipeline import is_transformed, transform
 
 __all__ = [
     "transform", "compile", "trace", "audit", "AuditReport", "attribute", "Attribution", "METHODS",

@@ -31,12 +31,12 @@ import torch.nn as nn
 from .attention_maps import attention_maps
 from .attribution import Attribution, run_method
 from .context import Context
+from .errors import InputError, TargetError
 from .geometry import Geometry
 from .methods import METHODS, Partial
 from .methods.attention import rollout_matrix
-from .targets import RowTarget, first_tensor
-from .errors import InputError, TargetError
 from .pipeline import transform
+from .targets import RowTarget, first_tensor
 
 #: the placeholder that is attributed (the HF keyword the embeddings are passed as)
 ATTRIBUTED = ("inputs_embeds",)
